@@ -1,0 +1,174 @@
+"""Configuration as plain values: the defaults of SPEC §8, per-data-set defaults (SPEC §1), strict parsing.
+
+Precedence, lowest first: options shared by every model, the model's own defaults, the data set's
+defaults (`--flag`), the demo's smaller defaults, then whatever is given on the command line.
+"""
+import difflib
+
+from utils.errors import UserError
+
+# name: (default, meaning). Options every model understands.
+COMMON = {
+    'model': ('dadh', "method to train: 'dadh' (SPEC.md) or 'agah' (SPEC-AGAH.md)"),
+    'flag': ('mir', "data set: 'mir' (MIRFlickr-25K), 'nus' (NUS-WIDE) or 'demo' (built-in synthetic)"),
+    'dataset': (None, 'data set name used for the checkpoint folder (set by --flag)'),
+    'data_path': (None, '.mat file, or folder of the three NUS-WIDE files (set by --flag)'),
+    'db_size': (None, "database rows; None = to the end of the file ('nus' layout)"),
+    'query_size': (None, "query rows; None = to the end of the file ('mir' layout)"),
+    'training_size': (10000, 'training rows (a subset of the database)'),
+    'image_dim': (4096, 'image feature width (CNN-F fc7)'),
+    'text_dim': (1386, 'text (bag-of-words) width'),
+    'num_label': (24, 'number of labels'),
+    'bit': (64, 'hash code length'),
+    'batch_size': (128, 'training batch size'),
+    'lr': (5e-5, 'learning rate'),
+    'max_epoch': (300, 'training epochs'),
+    'valid': (True, 'validate MAP during training and keep the best model'),
+    'valid_freq': (1, 'validate every this many epochs'),
+    'alpha': (10, 'triplet-loss weight (10 switches on the label-weighted triplets, SPEC §4.1)'),
+    'beta': (1, 'quantisation weight beta0 (the run uses beta0 + 0.1, SPEC §4.4)'),
+    'gamma': (1, 'adversarial weight'),
+    'mu': (1e-5, 'weight of the network outputs in the code update (SPEC §5)'),
+    'margin': (0.4, 'triplet margin'),
+    'device': ('cuda:0', "'cuda:N' (falls back to CPU without CUDA) or 'cpu'"),
+    'seed': (0, 'random seed (fixed, so two runs agree)'),
+    'checkpoint_dir': ('checkpoints', 'outputs go to <checkpoint_dir>/<dataset>_<bit>/'),
+    'overwrite': (False, 'start a new run even if the run folder already holds a model'),
+    'vis_env': ('main', "visdom environment; None or '' turns visdom off"),
+    'vis_port': (8097, 'visdom server port'),
+    'vis_server': ('http://localhost', 'visdom server address'),
+    'pretrain_model_path': ('./data/imagenet-vgg-f.mat', 'CNN-F weights, read only for raw-image data'),
+}
+
+# Options that only one model reads.
+MODELS = {
+    'dadh': {
+        'lamb': (1, 'ridge weight lambda of the code update (SPEC §5)'),
+        'hidden_dim': (8192, 'width of the first hidden layer of both MLPs (SPEC §2)'),
+        'dropout': (False, 'Dropout(0.5) after every ReLU of both MLPs'),
+    },
+}
+
+# Data-set defaults (SPEC §1). `layout` says where the queries are: 'query_last' = database rows
+# [0, db_size) then queries; 'query_first' = queries [0, query_size), then the database.
+DATASETS = {
+    'mir': dict(dataset='flickr25k', data_path='./data/FLICKR-25K.mat', db_size=18015,
+                query_size=None, text_dim=1386, num_label=24),
+    'nus': dict(dataset='nus-wide', data_path='./data/NUS-WIDE-TC21.mat', query_size=2100,
+                db_size=None, text_dim=1000, num_label=21),
+    'demo': dict(dataset='demo', data_path='./data/DEMO-FLICKR.mat', db_size=2500, query_size=None,
+                 training_size=2000, text_dim=1386, num_label=24),
+}
+LAYOUTS = {'mir': 'query_last', 'nus': 'query_first', 'demo': 'query_last'}
+KEYS = {'mir': ('images', 'YAll', 'LAll'), 'nus': ('image', 'text', 'label'),
+        'demo': ('images', 'YAll', 'LAll')}
+
+# The demo's smaller model, so that `train --flag demo` ends in about two minutes on 2 cores.
+DEMO = {
+    'dadh': dict(hidden_dim=1024, bit=32, max_epoch=20, lr=1e-4),
+}
+
+
+class Config:
+    """Resolved options as attributes, plus the data layout and keys of the chosen --flag."""
+
+    def __init__(self, values):
+        self.__dict__.update(values)
+        self.layout = LAYOUTS[self.flag]
+        self.keys = KEYS[self.flag]
+
+    @property
+    def options(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ('layout', 'keys')}
+
+    def __str__(self):
+        return '\n'.join(f'  {k}: {v!r}' for k, v in self.options.items())
+
+
+def _check_type(name, value, default):
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ('true', 'false'):
+            return value.lower() == 'true'
+        if not isinstance(value, bool):
+            raise UserError(f'--{name} must be True or False, got {value!r}')
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f'--{name} must be an integer, got {value!r}')
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f'--{name} must be a number, got {value!r}')
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        value = str(value)
+    return value
+
+
+def parse(options):
+    """Resolve command-line options into a Config; unknown or ill-typed options are UserErrors."""
+    model = options.get('model', COMMON['model'][0])
+    flag = options.get('flag', COMMON['flag'][0])
+    if model not in MODELS:
+        raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    if flag not in DATASETS:
+        raise UserError(f"--flag must be one of {', '.join(DATASETS)}, got {flag!r}")
+
+    known = {**COMMON, **MODELS[model]}
+    for name in options:
+        if name in known:
+            continue
+        owner = [m for m, opts in MODELS.items() if name in opts]
+        if owner:
+            raise UserError(f'--{name} is an option of --model {owner[0]}, not of --model {model}')
+        close = difflib.get_close_matches(name, list(known), n=3)
+        hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ''
+        raise UserError(f'unknown option --{name}{hint}')
+
+    values = {k: d for k, (d, _) in known.items()}
+    values.update(DATASETS[flag])
+    if flag == 'demo':
+        values.update(DEMO[model])
+    for name, value in options.items():
+        values[name] = _check_type(name, value, values[name] if values[name] is not None
+                                   else known[name][0])
+    if values['vis_env'] in ('', 'None'):
+        values['vis_env'] = None
+
+    for name in ('bit', 'batch_size', 'max_epoch', 'valid_freq', 'training_size', 'image_dim',
+                 'text_dim', 'num_label') + (('hidden_dim',) if model == 'dadh' else ()):
+        if values[name] <= 0:
+            raise UserError(f'--{name} must be positive, got {values[name]}')
+    for name in ('db_size', 'query_size'):
+        if values[name] is not None and (not isinstance(values[name], int) or values[name] <= 0):
+            raise UserError(f'--{name} must be a positive integer or None, got {values[name]!r}')
+    if values['batch_size'] < 2:
+        raise UserError('--batch_size must be at least 2 (BatchNorm needs two samples)')
+    if model == 'dadh' and values['hidden_dim'] < 16:
+        raise UserError(f"--hidden_dim must be at least 16 (the feature discriminator's last "
+                        f"hidden layer is hidden_dim/16), got {values['hidden_dim']}")
+    return Config(values)
+
+
+def usage():
+    """The text of `python main.py help`."""
+    lines = [
+        'usage: python main.py COMMAND [--option value ...]',
+        '',
+        'commands:',
+        '  train   train a model, validate MAP, keep the best one',
+        '  test    load the best model and print its MAP',
+        '  help    this text',
+        '',
+        'options shared by every model (default, meaning):',
+    ]
+    lines += [f'  --{k:<20} {d!r:<28} {h}' for k, (d, h) in COMMON.items()]
+    for model, opts in MODELS.items():
+        lines += ['', f'options of --model {model}:']
+        lines += [f'  --{k:<20} {d!r:<28} {h}' for k, (d, h) in opts.items()]
+    lines += ['', 'data-set defaults set by --flag:']
+    lines += [f'  {f:<6} {v}' for f, v in DATASETS.items()]
+    lines += ['', 'smaller model defaults of --flag demo:']
+    lines += [f'  --model {m:<6} {v}' for m, v in DEMO.items()]
+    lines += ['', 'example: python main.py train --flag mir --bit 64 --device cpu']
+    return '\n'.join(lines)

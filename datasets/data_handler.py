@@ -1,0 +1,229 @@
+"""Read image features, text and labels from MATLAB files into float32 arrays (SPEC §1).
+
+Three layouts: one MATLAB v5/v7 file (scipy), one MATLAB v7.3 file (HDF5 through h5py: arrays appear
+axis-reversed), or a folder holding the three DCMH/AGAH NUS-WIDE files. Large arrays are read in
+chunks straight into one float32 array, and the image statistics are streamed, so a NUS-WIDE-sized
+file costs little more than its float32 image matrix.
+"""
+import os
+
+import numpy as np
+
+from utils.errors import UserError, warn
+
+NUS_FOLDER_FILES = (('nus-wide-tc21-iall.mat', 'IAll'), ('nus-wide-tc21-yall.mat', 'YAll'),
+                    ('nus-wide-tc21-lall.mat', 'LAll'))
+CHUNK_ROWS = 4096
+HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
+
+
+class Data:
+    """The whole file as float32 arrays, one row per sample; images standardised."""
+
+    def __init__(self, images, text, labels, source):
+        self.images, self.text, self.labels, self.source = images, text, labels, source
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def _is_hdf5(path):
+    # MATLAB v7.3 puts a 512-byte text header before the HDF5 superblock; plain HDF5 starts with it.
+    with open(path, 'rb') as f:
+        head = f.read(1024)
+    return head[:8] == HDF5_SIGNATURE or head[512:520] == HDF5_SIGNATURE
+
+
+class _Array:
+    """One variable of a MATLAB file, read lazily, seen in MATLAB's orientation (rows x columns)."""
+
+    def __init__(self, path, key, shape, read_rows):
+        self.path, self.key, self.shape, self._read_rows = path, key, shape, read_rows
+
+    def rows(self, start, stop, sample_axis):
+        block = self._read_rows(start, stop, sample_axis)
+        return block if sample_axis == 0 else block.T
+
+
+def _open_v5(path, keys):
+    import scipy.io
+    import scipy.sparse
+    try:
+        found = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
+    except Exception as e:
+        raise UserError(f'{path}: not a readable MATLAB file ({type(e).__name__}: {e})') from None
+    _check_keys(path, keys, found)
+    try:
+        loaded = scipy.io.loadmat(path, variable_names=list(keys))
+    except Exception as e:
+        raise UserError(f'{path}: cannot read {", ".join(keys)} ({type(e).__name__}: {e}); '
+                        'the file may be truncated') from None
+    arrays = []
+    for key in keys:
+        value = loaded.pop(key)
+        if scipy.sparse.issparse(value):
+            value = value.toarray()
+        value = np.asarray(value)
+        if value.dtype == object or value.ndim != 2:
+            raise UserError(f'{path}: {key} must be a numeric 2-D matrix, found '
+                            f'{value.dtype} of shape {value.shape}')
+
+        def read_rows(start, stop, axis, value=value):
+            return value[start:stop] if axis == 0 else value[:, start:stop]
+        arrays.append(_Array(path, key, value.shape, read_rows))
+    return arrays, None
+
+
+def _open_v73(path, keys):
+    import h5py
+    import scipy.sparse
+    try:
+        with open(path, 'rb') as f:
+            header = f.read(128)
+        h5 = h5py.File(path, 'r')
+    except OSError as e:
+        raise UserError(f'{path}: not a readable HDF5/MATLAB v7.3 file ({e}); '
+                        'the file may be truncated') from None
+    if not header.startswith(b'MATLAB 7.3 MAT-file'):
+        h5.close()
+        raise UserError(f'{path}: an HDF5 file without the MATLAB v7.3 header; save it from MATLAB '
+                        "with save(..., '-v7.3') or with h5py using a 512-byte MATLAB user block")
+    _check_keys(path, keys, {k: None for k in h5.keys()})
+    arrays = []
+    for key in keys:
+        node = h5[key]
+        if isinstance(node, h5py.Group) and 'MATLAB_sparse' in node.attrs:
+            jc, ir = node['jc'][()], node['ir'][()]
+            data = node['data'][()] if 'data' in node else np.ones(len(ir))
+            value = scipy.sparse.csc_matrix((data, ir, jc), shape=(int(node.attrs['MATLAB_sparse']),
+                                                                    len(jc) - 1)).toarray()
+
+            def read_rows(start, stop, axis, value=value):
+                return value[start:stop] if axis == 0 else value[:, start:stop]
+            arrays.append(_Array(path, key, value.shape, read_rows))
+            continue
+        if not isinstance(node, h5py.Dataset) or node.ndim != 2 or node.dtype.kind not in 'biuf':
+            raise UserError(f'{path}: {key} must be a numeric 2-D matrix, found '
+                            f'{getattr(node, "dtype", "a group")} of shape {getattr(node, "shape", "?")}')
+
+        # h5py shows MATLAB's column-major arrays transposed: MATLAB row r is h5py column r.
+        def read_rows(start, stop, axis, node=node):
+            return node[:, start:stop].T if axis == 0 else node[start:stop, :].T
+        arrays.append(_Array(path, key, node.shape[::-1], read_rows))
+    return arrays, h5
+
+
+def _check_keys(path, keys, found):
+    missing = [k for k in keys if k not in found]
+    if missing:
+        listed = ', '.join(sorted(k for k in found if not k.startswith('#'))) or 'none'
+        raise UserError(f"{path}: no variable {', '.join(map(repr, missing))} (expected "
+                        f"{', '.join(keys)}; the file has: {listed})")
+
+
+def _open(path, keys):
+    if not os.path.exists(path):
+        raise UserError(f'{path}: no such file')
+    if os.path.getsize(path) == 0:
+        raise UserError(f'{path}: the file is empty (0 bytes)')
+    return (_open_v73 if _is_hdf5(path) else _open_v5)(path, keys)
+
+
+def _sample_axes(arrays):
+    """Return (N, axis per array): the row count the three share, and where each keeps it.
+
+    Samples are rows in MATLAB's view; a matrix stored the other way round is accepted when only
+    that reading makes the three row counts agree."""
+    shapes = [a.shape for a in arrays]
+    if len({s[0] for s in shapes}) == 1:
+        return shapes[0][0], [0, 0, 0]
+    common = set(shapes[0]) & set(shapes[1]) & set(shapes[2])
+    if len(common) != 1:
+        described = ', '.join(f'{a.key} {a.shape[0]} x {a.shape[1]}' for a in arrays)
+        raise UserError(f'{arrays[0].path}: the row counts of images, text and labels differ '
+                        f'({described})')
+    n = common.pop()
+    return n, [0 if s[0] == n else 1 for s in shapes]
+
+
+def _read(array, n, axis, dtype=np.float32):
+    width = array.shape[1 - axis]
+    out = np.empty((n, width), dtype=dtype)
+    for start in range(0, n, CHUNK_ROWS):
+        out[start:start + CHUNK_ROWS] = array.rows(start, min(start + CHUNK_ROWS, n), axis)
+    return out
+
+
+def _first_bad_row(x, bad):
+    for start in range(0, len(x), CHUNK_ROWS):
+        rows = np.nonzero(bad(x[start:start + CHUNK_ROWS]).any(axis=1))[0]
+        if len(rows):
+            return start + int(rows[0])
+    return None
+
+
+def standardise(images):
+    """In place: x <- (x - mean(X)) / std(X) with one scalar mean and std over the whole matrix
+    (SPEC §1), accumulated in float64 chunk by chunk; returns (mean, std)."""
+    count = images.size
+    total = sum(images[s:s + CHUNK_ROWS].sum(dtype=np.float64) for s in range(0, len(images), CHUNK_ROWS))
+    mean = total / count
+    squares = sum(np.square(images[s:s + CHUNK_ROWS] - mean, dtype=np.float64).sum()
+                  for s in range(0, len(images), CHUNK_ROWS))
+    std = np.sqrt(squares / count)
+    if std == 0:
+        raise UserError('the image features are constant (standard deviation 0): cannot standardise')
+    for s in range(0, len(images), CHUNK_ROWS):
+        images[s:s + CHUNK_ROWS] = (images[s:s + CHUNK_ROWS] - mean) / std
+    return mean, std
+
+
+def load_data(path, keys, image_dim, text_dim, num_label):
+    """Load (images, text, labels) from `path` and check them against the expected widths.
+
+    `keys` names the image, text and label variables of a single file; a folder is read as the
+    three-file NUS-WIDE layout (NUS_FOLDER_FILES) whatever the keys."""
+    handles = []
+    try:
+        if os.path.isdir(path):
+            files = [os.path.join(path, name) for name, _ in NUS_FOLDER_FILES]
+            if not all(os.path.isfile(f) for f in files):
+                raise UserError(f'{path}: a folder, but not the NUS-WIDE three-file layout (expected '
+                                f"{', '.join(name for name, _ in NUS_FOLDER_FILES)})")
+            arrays = []
+            for file, (_, key) in zip(files, NUS_FOLDER_FILES):
+                opened, handle = _open(file, (key,))
+                arrays += opened
+                handles.append(handle)
+        else:
+            arrays, handle = _open(path, keys)
+            handles.append(handle)
+
+        n, axes = _sample_axes(arrays)
+        for array, axis, expected, option in zip(arrays, axes, (image_dim, text_dim, num_label),
+                                                 ('image_dim', 'text_dim', 'num_label')):
+            width = array.shape[1 - axis]
+            if width != expected:
+                raise UserError(f'{array.path}: {array.key} has {width} columns, expected '
+                                f'{option} = {expected} (pass --{option} {width} if this is right)')
+        images, text, labels = (_read(a, n, axis) for a, axis in zip(arrays, axes))
+    finally:
+        for handle in handles:
+            if handle is not None:
+                handle.close()
+
+    for name, array, x in (('images', arrays[0], images), ('text', arrays[1], text)):
+        row = _first_bad_row(x, lambda c: ~np.isfinite(c))
+        if row is not None:
+            raise UserError(f'{array.path}: {array.key} ({name}) has NaN or inf in row {row}')
+    row = _first_bad_row(labels, lambda c: (c != 0) & (c != 1))
+    if row is not None:
+        values = np.unique(labels[row][(labels[row] != 0) & (labels[row] != 1)])
+        raise UserError(f'{arrays[2].path}: {arrays[2].key} (labels) must be 0/1, found '
+                        f'{values.tolist()} in row {row}')
+    unlabelled = int((labels.sum(axis=1) == 0).sum())
+    if unlabelled:
+        warn(f'{path}: {unlabelled} of {n} samples have no label: as triplet anchors they get zero '
+             'weight (SPEC §4.1), as queries they count as MAP 0 (SPEC §7)')
+    standardise(images)
+    return Data(images, text, labels, path)

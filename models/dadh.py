@@ -1,0 +1,137 @@
+"""DADH: its networks, optimisers, one training step per batch (SPEC §4) and the per-epoch updates (§5, §6).
+
+main.py drives any method through the same few entry points: train_step, end_epoch, encode,
+is_better, save_best / load_best, state_dict / load_state_dict.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.codes import update_codes
+from models.dis_model import DIS
+from models.gen_model import GEN
+from models.losses import discriminator_loss, generator_loss
+from utils.checkpoint import atomic_save, load_module
+
+GEN_FILE = 'GEN_module.pth'
+
+
+def forward_keeping_bn_inputs(net, x):
+    """Run a Sequential and also return what went into each of its BatchNorm layers."""
+    bn_inputs = []
+    for layer in net:
+        if isinstance(layer, nn.BatchNorm1d):
+            bn_inputs.append(x)
+        x = layer(x)
+    return x, bn_inputs
+
+
+@torch.no_grad()
+def repeat_bn_update(net, bn_inputs):
+    """Update the BatchNorm running statistics once more with the same batches, as a second
+    train-mode pass over the same input would."""
+    for bn, x in zip((m for m in net if isinstance(m, nn.BatchNorm1d)), bn_inputs):
+        F.batch_norm(x, bn.running_mean, bn.running_var, training=True, momentum=bn.momentum,
+                     eps=bn.eps)
+        bn.num_batches_tracked.add_(1)
+
+
+class DADH:
+    def __init__(self, cfg, num_train, device):
+        self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
+        self.margin, self.lamb, self.mu, self.dropout = cfg.margin, cfg.lamb, cfg.mu, cfg.dropout
+        self.gen = GEN(cfg.image_dim, cfg.text_dim, cfg.hidden_dim, cfg.bit, cfg.dropout).to(device)
+        self.dis = DIS(cfg.hidden_dim, cfg.bit).to(device)
+        # Fused Adam: one pass over each tensor instead of one per operation (10x faster on a CPU).
+        self.gen_opt = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, weight_decay=5e-4, fused=True)
+        self.feature_dis_opt = torch.optim.Adam(self.dis.feature_dis.parameters(), lr=cfg.lr,
+                                                betas=(0.5, 0.9), weight_decay=1e-4, fused=True)
+        self.hash_dis_opt = torch.optim.Adam(self.dis.hash_dis.parameters(), lr=cfg.lr,
+                                             betas=(0.5, 0.9), weight_decay=1e-4, fused=True)
+        # SPEC §5: the latest network outputs of every training sample, and the shared codes B.
+        self.H_i = torch.zeros(num_train, cfg.bit, device=device)
+        self.H_t = torch.zeros(num_train, cfg.bit, device=device)
+        self.B = torch.sign(torch.randn(num_train, cfg.bit, device=device))
+
+    @property
+    def lr(self):
+        return self.gen_opt.param_groups[0]['lr']
+
+    def train_step(self, rows, images, text, labels):
+        """One batch of SPEC §6: both discriminator steps, then one generator step on E.
+        `rows` index the batch within the training set. Returns the loss terms as tensors."""
+        gen, dis = self.gen.train(), self.dis.train()
+        f_i = gen.image_net(images)
+        h_i = gen.image_hash(f_i)
+        f_t, bn_inputs = forward_keeping_bn_inputs(gen.text_net, text)
+        h_t = gen.text_hash(f_t)
+        self.H_i[rows] = h_i.detach()
+        self.H_t[rows] = h_t.detach()
+
+        # SPEC §4.3: A_h reads a second train-mode pass of the text net, detached before the hash
+        # head. Without dropout that pass repeats the first exactly, so reuse its features and
+        # repeat only its side effect, the BatchNorm running-statistics update.
+        if self.dropout:
+            f_t_again = gen.text_net(text).detach()
+        else:
+            f_t_again = f_t.detach()
+            repeat_bn_update(gen.text_net, bn_inputs)
+        h_t_again = gen.text_hash(f_t_again)
+
+        dis_losses = []
+        for net, opt, real, fake in ((dis.feature_dis, self.feature_dis_opt, f_i, f_t),
+                                     (dis.hash_dis, self.hash_dis_opt, h_i, h_t)):
+            loss = discriminator_loss(net, real.detach(), fake.detach(), self.gamma)
+            opt.zero_grad(set_to_none=False)  # also drops what the last generator step left here
+            loss.backward()
+            opt.step()
+            dis_losses.append(loss.detach())
+
+        total, terms = generator_loss(h_i, h_t, labels, self.B[rows], dis.feature_dis(f_t),
+                                      dis.hash_dis(h_t_again), self.margin, self.alpha, self.beta,
+                                      self.gamma)
+        self.gen_opt.zero_grad(set_to_none=False)
+        total.backward()
+        self.gen_opt.step()
+        return {'loss': total.detach(), **{k: v.detach() for k, v in terms.items()},
+                'discriminator': sum(dis_losses)}
+
+    def end_epoch(self, epoch, train_labels):
+        """SPEC §5 code update, then the SPEC §6 learning-rate decay (which fires after epoch 0 too)."""
+        self.B = update_codes(train_labels, self.B, self.H_i, self.H_t, self.lamb, self.mu)
+        if epoch % 100 == 0:
+            for group in self.gen_opt.param_groups:
+                group['lr'] = max(group['lr'] * 0.8, 1e-6)
+
+    @torch.inference_mode()
+    def encode(self, images, text, batch_size=4096):
+        """sign(h) of both modalities in eval mode (SPEC §2, §7)."""
+        self.gen.eval()
+        image_codes = torch.cat([self.gen.image_codes(images[s:s + batch_size])
+                                 for s in range(0, len(images), batch_size)])
+        text_codes = torch.cat([self.gen.text_codes(text[s:s + batch_size])
+                                for s in range(0, len(text), batch_size)])
+        return image_codes, text_codes
+
+    @staticmethod
+    def is_better(mapi2t, mapt2i, best):
+        """Keep the generator with the best mean of the two MAPs (SPEC §6)."""
+        return best is None or (mapi2t + mapt2i) / 2 > sum(best) / 2
+
+    def save_best(self, run_dir):
+        atomic_save(self.gen.state_dict(), run_dir / GEN_FILE)
+
+    def load_best(self, run_dir, device):
+        load_module(self.gen, run_dir / GEN_FILE, device)
+
+    def state_dict(self):
+        return {'gen': self.gen.state_dict(), 'dis': self.dis.state_dict(),
+                'gen_opt': self.gen_opt.state_dict(),
+                'feature_dis_opt': self.feature_dis_opt.state_dict(),
+                'hash_dis_opt': self.hash_dis_opt.state_dict(),
+                'B': self.B, 'H_i': self.H_i, 'H_t': self.H_t}
+
+    def load_state_dict(self, state):
+        for name in ('gen', 'dis', 'gen_opt', 'feature_dis_opt', 'hash_dis_opt'):
+            getattr(self, name).load_state_dict(state[name])
+        self.B, self.H_i, self.H_t = (state[k].to(self.B.device) for k in ('B', 'H_i', 'H_t'))

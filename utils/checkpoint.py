@@ -1,0 +1,68 @@
+"""Every file a run writes goes through here: written whole to a temporary file in the same folder,
+flushed, fsynced and renamed over the old one, so a crash leaves either the old file or the new."""
+import io
+import os
+import pickle
+import tempfile
+
+import torch
+
+from utils.errors import UserError
+
+
+def atomic_write(path, data):
+    """Replace `path` by the bytes `data` atomically."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or '.'
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_save(obj, path):
+    """torch.save, atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def atomic_pickle(obj, path):
+    atomic_write(path, pickle.dumps(obj))
+
+
+def load_file(path, device, what='checkpoint'):
+    """torch.load onto `device`, with one clear line when the file is missing or not a torch file."""
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: no {what} here (train first, or check --checkpoint_dir, --flag '
+                        'and --bit)')
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f'{path}: not a readable torch {what} ({type(e).__name__}: '
+                        f'{str(e).splitlines()[0] if str(e) else ""})') from None
+
+
+def load_module(module, path, device, what='model'):
+    """Load a state_dict file into `module`, naming the first mismatch if it was made for another shape."""
+    state = load_file(path, device, what)
+    if not isinstance(state, dict):
+        raise UserError(f'{path}: holds a {type(state).__name__}, not the state_dict of a {what}')
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise UserError(f'{path}: this {what} does not fit the configuration (another --bit, '
+                        f'--hidden_dim or data width?): {detail}') from None
