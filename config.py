@@ -31,14 +31,22 @@ COMMON = {
     'mu': (1e-5, 'weight of the network outputs in the code update (SPEC §5)'),
     'margin': (0.4, 'triplet margin'),
     'device': ('cuda:0', "'cuda:N' (falls back to CPU without CUDA) or 'cpu'"),
+    'amp': (None, "'bf16' runs the networks in bfloat16 (CPU and GPU); None = float32"),
+    'compile': (False, 'torch.compile the networks (worth it on a GPU)'),
+    'tf32': (False, 'allow TF32 matrix products on CUDA'),
     'seed': (0, 'random seed (fixed, so two runs agree)'),
     'checkpoint_dir': ('checkpoints', 'outputs go to <checkpoint_dir>/<dataset>_<bit>/'),
     'overwrite': (False, 'start a new run even if the run folder already holds a model'),
+    'resume': (False, 'continue the run in the run folder from its last.pth'),
     'vis_env': ('main', "visdom environment; None or '' turns visdom off"),
     'vis_port': (8097, 'visdom server port'),
     'vis_server': ('http://localhost', 'visdom server address'),
     'pretrain_model_path': ('./data/imagenet-vgg-f.mat', 'CNN-F weights, read only for raw-image data'),
 }
+
+# Options a resumed run may change; any other difference from last.pth is refused.
+RESUMABLE = {'max_epoch', 'device', 'vis_env', 'vis_port', 'vis_server', 'data_path',
+             'checkpoint_dir', 'overwrite', 'resume'}
 
 # Options that only one model reads.
 MODELS = {
@@ -132,6 +140,8 @@ def parse(options):
     for name, value in options.items():
         values[name] = _check_type(name, value, values[name] if values[name] is not None
                                    else known[name][0])
+    if values['amp'] not in (None, 'bf16'):
+        raise UserError(f"--amp must be bf16 or None, got {values['amp']!r}")
     if values['vis_env'] in ('', 'None'):
         values['vis_env'] = None
 

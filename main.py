@@ -1,16 +1,18 @@
 """dadh command line (Fire): `python main.py train|test|help [--option value ...]`.
 
 train runs the schedule of SPEC §6 top to bottom: shuffle, batches, code update, validation, best
-model. Problems the user can fix end as one line and a non-zero exit (utils.errors.UserError).
+model, and a resumable last.pth after every epoch. Problems the user can fix end as one line and a
+non-zero exit (utils.errors.UserError).
 """
 import functools
-import random
+import resource
+import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import fire
-import numpy as np
 import torch
 
 import config
@@ -19,16 +21,20 @@ from datasets.dataset import Splits
 from datasets.demo import ensure_demo
 from models.dadh import DADH, GEN_FILE
 from utils import calc_map_k
-from utils.checkpoint import atomic_pickle
+from utils.checkpoint import atomic_pickle, atomic_save, load_file
 from utils.errors import UserError, warn
+from utils.interrupt import GracefulStop
 from utils.progress import bar
+from utils.rng import rng_state, seed_everything, set_rng_state
 from utils.visualize import Visualizer
 
 METHODS = {'dadh': DADH}
+LAST_FILE = 'last.pth'
 
 
 def cli(command):
-    """Turn a UserError into one line on stderr and exit status 2."""
+    """Turn a UserError into one line on stderr and exit status 2; Ctrl-C outside the training
+    loop into exit status 130 without a traceback."""
     @functools.wraps(command)
     def run(**options):
         try:
@@ -36,6 +42,9 @@ def cli(command):
         except UserError as e:
             print(f'error: {e}', file=sys.stderr, flush=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print('\ninterrupted', file=sys.stderr, flush=True)
+            sys.exit(130)
     return run
 
 
@@ -57,10 +66,12 @@ def resolve_device(name):
     return device
 
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # every device's generator
+def configure_device(cfg, device):
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    elif cfg.tf32:
+        warn('--tf32 only acts on CUDA devices')
 
 
 def run_dir(cfg):
@@ -88,7 +99,8 @@ def evaluate(method, splits):
 
 
 def prepare_run_dir(cfg):
-    """The run's folder, writable, and holding no model of an earlier run unless --overwrite."""
+    """The run's folder, writable, and holding no model of an earlier run unless --overwrite or
+    --resume."""
     out = run_dir(cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -96,12 +108,63 @@ def prepare_run_dir(cfg):
         probe.write_bytes(b'ok')
         probe.unlink()
     except OSError as e:
-        raise UserError(f'--checkpoint_dir {cfg.checkpoint_dir}: cannot write to {out} ({e.strerror})') from None
-    if (out / GEN_FILE).exists() and not cfg.overwrite:
+        raise UserError(f'--checkpoint_dir {cfg.checkpoint_dir}: cannot write to {out} '
+                        f'({e.strerror})') from None
+    if cfg.resume:
+        if not (out / LAST_FILE).is_file():
+            raise UserError(f'--resume: {out / LAST_FILE} does not exist, so there is no run to '
+                            'continue (drop --resume to start one)')
+    elif (out / GEN_FILE).exists() and not cfg.overwrite:
         raise UserError(f'{out / GEN_FILE} already holds the model of an earlier run: pass '
-                        '--overwrite True to replace it as this run improves, or another '
-                        '--checkpoint_dir')
+                        '--resume True to continue it, --overwrite True to replace it as this run '
+                        'improves, or another --checkpoint_dir')
     return out
+
+
+def load_last(out, cfg, device):
+    """last.pth, refused when it was made with options that a resumed run must keep."""
+    state = load_file(out / LAST_FILE, device, what='checkpoint')
+    saved = state.get('config', {}) if isinstance(state, dict) else {}
+    differences = [f'{k} {saved.get(k)!r} (now {v!r})' for k, v in cfg.options.items()
+                   if k not in config.RESUMABLE and saved.get(k) != v]
+    if differences:
+        raise UserError(f'--resume: {out / LAST_FILE} was made with other options: '
+                        f'{", ".join(differences)}')
+    return state
+
+
+def rows_per_epoch(num_train, batch_size):
+    """A last batch of one sample cannot pass BatchNorm in train mode (SPEC §6): it is dropped."""
+    return num_train - 1 if num_train % batch_size == 1 else num_train
+
+
+def train_epoch(method, splits, order, batch_size, desc, stop=None):
+    """One pass over the training rows in `order` (SPEC §6), batch by batch; stops early when `stop`
+    is requested. Returns the batches x terms loss table (on the CPU) and the terms' names."""
+    num_used = rows_per_epoch(len(order), batch_size)
+    step_losses = []
+    batches = bar(range(0, num_used, batch_size), desc)
+    for first in batches:
+        rows = order[first:first + batch_size][:num_used - first]
+        data_rows = rows + splits.train.start
+        losses = method.train_step(rows, splits.images[data_rows], splits.text[data_rows],
+                                   splits.labels[data_rows])
+        step_losses.append(torch.stack(list(losses.values())))
+        if len(step_losses) % 20 == 1:  # reading a value waits for the device: not every batch
+            batches.set_postfix(loss=f"{losses['loss'].item():.4f}")
+        if stop is not None and stop.requested:
+            break
+    return torch.stack(step_losses).cpu(), list(losses)
+
+
+def first_non_finite(step_losses, names):
+    """(batch, term) of the first non-finite loss of an epoch, or None; `step_losses` is a
+    batches x terms tensor."""
+    bad = ~torch.isfinite(step_losses)
+    if not bad.any():
+        return None
+    batch = int(bad.any(dim=1).nonzero()[0])
+    return batch, names[int(bad[batch].nonzero()[0])]
 
 
 @cli
@@ -109,63 +172,84 @@ def train(**options):
     cfg = config.parse(options)
     print(f'configuration:\n{cfg}')
     device = resolve_device(cfg.device)
+    configure_device(cfg, device)
     out = prepare_run_dir(cfg)
+    last = load_last(out, cfg, device) if cfg.resume else None
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
     num_train = splits.sizes()['train']
     method = METHODS[cfg.model](cfg, num_train, device)
-    vis = Visualizer(cfg.vis_env, cfg.vis_server, cfg.vis_port, out / 'visdom.log')
     shuffle = torch.Generator().manual_seed(cfg.seed)
+    history = {'train_times': [], 'mapi2t': [], 'mapt2i': [], 'best': None}
+    start_epoch = 0
+    if last:
+        method.load_state_dict(last['method'])
+        set_rng_state(last['rng'], shuffle)
+        history, start_epoch = last['history'], last['epoch']
+        print(f'resuming {out / LAST_FILE}: {start_epoch} epochs done')
+    vis = Visualizer(cfg.vis_env, cfg.vis_server, cfg.vis_port, out / 'visdom.log')
     train_labels = splits.labels[splits.train]
 
-    # A last batch of one sample cannot pass BatchNorm in train mode (SPEC §6): drop it.
-    num_used = num_train - 1 if num_train % cfg.batch_size == 1 else num_train
-    if num_used < num_train:
+    if rows_per_epoch(num_train, cfg.batch_size) < num_train:
         warn(f'the last batch of every epoch would hold 1 sample; it is dropped '
              f'(training_size {num_train}, batch_size {cfg.batch_size})')
 
-    best, train_times, mapi2t_list, mapt2i_list = None, [], [], []
-    for epoch in range(cfg.max_epoch):
-        start = time.time()
-        order = torch.randperm(num_train, generator=shuffle).to(device)
-        loss_sum = torch.zeros((), device=device)
-        batches = bar(range(0, num_used, cfg.batch_size), f'epoch {epoch + 1}/{cfg.max_epoch}')
-        for step, first in enumerate(batches):
-            rows = order[first:first + cfg.batch_size][:num_used - first]
-            data_rows = rows + splits.train.start
-            losses = method.train_step(rows, splits.images[data_rows], splits.text[data_rows],
-                                       splits.labels[data_rows])
-            loss_sum += losses['loss']
-            if step % 20 == 0:  # reading a value waits for the device: not every batch
-                batches.set_postfix(loss=f"{losses['loss'].item():.4f}")
-        method.end_epoch(epoch, train_labels)
-        seconds = time.time() - start
-        loss = loss_sum.item() / len(batches)
-        summary = f'epoch {epoch + 1}/{cfg.max_epoch}: loss {loss:.4f}, {seconds:.1f} s'
-        vis.plot('loss', epoch + 1, loss)
-        vis.plot('lr', epoch + 1, method.lr)
+    with GracefulStop() as stop:
+        for epoch in range(start_epoch, cfg.max_epoch):
+            start = time.time()
+            order = torch.randperm(num_train, generator=shuffle).to(device)
+            step_losses, names = train_epoch(method, splits, order, cfg.batch_size,
+                                             f'epoch {epoch + 1}/{cfg.max_epoch}', stop)
+            if stop.requested:
+                stop_training(stop.signum, out, epoch)
+            bad = first_non_finite(step_losses, names)
+            if bad:
+                raise UserError(f'the {bad[1]} loss became NaN or inf in epoch {epoch + 1}, batch '
+                                f'{bad[0] + 1}; stopped, {out} keeps the last good epoch (try a '
+                                'smaller --lr)')
+            method.end_epoch(epoch, train_labels)
+            seconds = time.time() - start
+            loss = step_losses[:, names.index('loss')].mean().item()
+            summary = f'epoch {epoch + 1}/{cfg.max_epoch}: loss {loss:.4f}, {seconds:.1f} s'
+            vis.plot('loss', epoch + 1, loss)
+            vis.plot('lr', epoch + 1, method.lr)
 
-        if cfg.valid and (epoch + 1) % cfg.valid_freq == 0:
-            mapi2t, mapt2i = evaluate(method, splits)
-            train_times.append(seconds)
-            mapi2t_list.append(mapi2t)
-            mapt2i_list.append(mapt2i)
-            summary += f', MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f}'
-            vis.plot('mapi2t', epoch + 1, mapi2t)
-            vis.plot('mapt2i', epoch + 1, mapt2i)
-            if method.is_better(mapi2t, mapt2i, best):
-                best = (mapi2t, mapt2i)
+            if cfg.valid and (epoch + 1) % cfg.valid_freq == 0:
+                mapi2t, mapt2i = evaluate(method, splits)
+                if stop.requested:
+                    stop_training(stop.signum, out, epoch)
+                history['train_times'].append(seconds)
+                history['mapi2t'].append(mapi2t)
+                history['mapt2i'].append(mapt2i)
+                summary += f', MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f}'
+                vis.plot('mapi2t', epoch + 1, mapi2t)
+                vis.plot('mapt2i', epoch + 1, mapt2i)
+                if method.is_better(mapi2t, mapt2i, history['best']):
+                    history['best'] = (mapi2t, mapt2i)
+                    method.save_best(out)
+                    summary += ' (best: saved)'
+                atomic_pickle([history['train_times'], history['mapi2t'], history['mapt2i']],
+                              out / 'result.pkl')
+            if not cfg.valid and epoch + 1 == cfg.max_epoch:
                 method.save_best(out)
-                summary += ' (best: saved)'
-            atomic_pickle([train_times, mapi2t_list, mapt2i_list], out / 'result.pkl')
-        print(summary, flush=True)
+                atomic_pickle([[], [], []], out / 'result.pkl')
+            atomic_save({'config': cfg.options, 'epoch': epoch + 1, 'method': method.state_dict(),
+                         'history': history, 'rng': rng_state(shuffle)}, out / LAST_FILE)
+            print(summary, flush=True)
 
-    if not cfg.valid:
-        method.save_best(out)
-        atomic_pickle([train_times, mapi2t_list, mapt2i_list], out / 'result.pkl')
-    if best:
-        print(f'...training done: best MAP(i->t): {best[0]:.4f}, MAP(t->i): {best[1]:.4f}; '
-              f'model in {out / GEN_FILE}')
+    if history['best']:
+        print(f"...training done: best MAP(i->t): {history['best'][0]:.4f}, "
+              f"MAP(t->i): {history['best'][1]:.4f}; model in {out / GEN_FILE}")
+
+
+def stop_training(signum, out, epoch):
+    """Leave on SIGINT/SIGTERM with the last.pth of the last completed epoch, and say how to resume."""
+    command = shlex.join([sys.executable, *sys.argv] + ([] if '--resume' in ' '.join(sys.argv)
+                                                       else ['--resume', 'True']))
+    kept = (f'{out / LAST_FILE} keeps epoch {epoch}' if epoch else 'no epoch was completed')
+    print(f'stopped during epoch {epoch + 1}; {kept}. Resume (from epoch {epoch + 1}) with:\n'
+          f'  {command}', file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
 
 
 @cli
@@ -184,9 +268,88 @@ def test(**options):
     print(f'...test MAP: MAP(i->t): {mapi2t:.4f}, MAP(t->i): {mapt2i:.4f}')
 
 
+BENCH_FILE = './data/BENCH-FLICKR.mat'
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, dtype):
+    """GFLOP/s of a large square matrix product on `device` in `dtype`: the peak to compare with."""
+    n, reps = (8192, 20) if device.type == 'cuda' else (4096, 3)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    synchronize(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+@cli
+def bench(epochs=3, **options):
+    """Seconds per training epoch and per validation at the real sizes (MIRFlickr's by default, on a
+    synthetic MIRFlickr-shaped file unless --data_path is given), achieved GFLOP/s, peak memory."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = config.parse({'data_path': BENCH_FILE, 'vis_env': None, **options})
+    print(f'configuration:\n{cfg}')
+    device = resolve_device(cfg.device)
+    configure_device(cfg, device)
+    if cfg.data_path == BENCH_FILE:
+        ensure_demo(BENCH_FILE, n=20015)
+    seed_everything(cfg.seed)
+    splits = load_splits(cfg, device)
+    num_train = splits.sizes()['train']
+    method = METHODS[cfg.model](cfg, num_train, device)
+    rows = torch.arange(cfg.batch_size, device=device)
+    with FlopCounterMode(display=False) as step_counter:
+        method.train_step(rows, splits.images[rows], splits.text[rows], splits.labels[rows])
+    with FlopCounterMode(display=False) as encode_counter:
+        method.encode(splits.images[:cfg.batch_size], splits.text[:cfg.batch_size])
+    num_used = rows_per_epoch(num_train, cfg.batch_size)
+    epoch_flops = step_counter.get_total_flops() / cfg.batch_size * num_used
+
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    seconds = []
+    for epoch in range(epochs):
+        synchronize(device)
+        start = time.perf_counter()
+        train_epoch(method, splits, torch.randperm(num_train, generator=shuffle).to(device),
+                    cfg.batch_size, f'epoch {epoch + 1}/{epochs}')
+        method.end_epoch(epoch, splits.labels[splits.train])
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        print(f'epoch {epoch + 1}: {seconds[-1]:.2f} s', flush=True)
+    start = time.perf_counter()
+    mapi2t, mapt2i = evaluate(method, splits)
+    valid_s = time.perf_counter() - start
+    sizes = splits.sizes()
+    valid_flops = encode_counter.get_total_flops() / cfg.batch_size * (sizes['query'] + sizes['database'])
+    print(f'validation: {valid_s:.2f} s, MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f} after '
+          f'{epochs} epochs')
+
+    epoch_s = statistics.median(seconds[1:] or seconds)
+    gflops = epoch_flops / epoch_s / 1e9
+    peak = matmul_peak(device, torch.bfloat16 if cfg.amp == 'bf16' else torch.float32)
+    print(f'matmul peak {peak:.0f} GFLOP/s; epoch {epoch_flops / 1e12:.2f} TFLOP, validation '
+          f'{valid_flops / 1e12:.2f} TFLOP ({valid_flops / valid_s / 1e9:.0f} GFLOP/s); '
+          f'300 epochs with validation every epoch: {300 * (epoch_s + valid_s) / 60:.1f} min')
+    print('targets (MIRFlickr-shaped, hidden 8192, bit 64): 2-core CPU fp32 epoch <= 45 s, '
+          'validation <= 20 s; --amp bf16 epoch <= 12 s, validation <= 4 s; H100 300 epochs <= 3 min')
+    line = (f'bench: epoch_s={epoch_s:.2f} valid_s={valid_s:.2f} samples_per_s={num_used / epoch_s:.0f} '
+            f'gflops={gflops:.0f} peak_frac={gflops / peak:.2f} '
+            f'peak_rss_gb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f}')
+    if device.type == 'cuda':
+        line += f' cuda_peak_gb={torch.cuda.max_memory_allocated(device) / 1e9:.2f}'
+    print(line)
+
+
 def help():
     print(config.usage())
 
 
 if __name__ == '__main__':
-    fire.Fire({'train': train, 'test': test, 'help': help})
+    fire.Fire({'train': train, 'test': test, 'bench': bench, 'help': help})

@@ -3,6 +3,8 @@
 main.py drives any method through the same few entry points: train_step, end_epoch, encode,
 is_better, save_best / load_best, state_dict / load_state_dict.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +14,7 @@ from models.dis_model import DIS
 from models.gen_model import GEN
 from models.losses import discriminator_loss, generator_loss
 from utils.checkpoint import atomic_save, load_module
+from utils.progress import bar
 
 GEN_FILE = 'GEN_module.pth'
 
@@ -43,7 +46,8 @@ class DADH:
         self.gen = GEN(cfg.image_dim, cfg.text_dim, cfg.hidden_dim, cfg.bit, cfg.dropout).to(device)
         self.dis = DIS(cfg.hidden_dim, cfg.bit).to(device)
         # Fused Adam: one pass over each tensor instead of one per operation (10x faster on a CPU).
-        self.gen_opt = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, weight_decay=5e-4, fused=True)
+        self.gen_opt = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, weight_decay=5e-4,
+                                        fused=True)
         self.feature_dis_opt = torch.optim.Adam(self.dis.feature_dis.parameters(), lr=cfg.lr,
                                                 betas=(0.5, 0.9), weight_decay=1e-4, fused=True)
         self.hash_dis_opt = torch.optim.Adam(self.dis.hash_dis.parameters(), lr=cfg.lr,
@@ -53,6 +57,21 @@ class DADH:
         self.H_t = torch.zeros(num_train, cfg.bit, device=device)
         self.B = torch.sign(torch.randn(num_train, cfg.bit, device=device))
 
+        # --amp bf16 runs the generator's networks in bfloat16; discriminators, losses and the code
+        # update stay in float32. --compile compiles the generator's passes (state_dict unchanged).
+        self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                                          enabled=cfg.amp == 'bf16')
+        if cfg.compile:
+            self.image_pass, self.text_pass = map(torch.compile, (self.image_pass, self.text_pass))
+
+    def image_pass(self, images):
+        f_i = self.gen.image_net(images)
+        return f_i, self.gen.image_hash(f_i)
+
+    def text_pass(self, text):
+        f_t, bn_inputs = forward_keeping_bn_inputs(self.gen.text_net, text)
+        return f_t, self.gen.text_hash(f_t), bn_inputs
+
     @property
     def lr(self):
         return self.gen_opt.param_groups[0]['lr']
@@ -61,22 +80,21 @@ class DADH:
         """One batch of SPEC §6: both discriminator steps, then one generator step on E.
         `rows` index the batch within the training set. Returns the loss terms as tensors."""
         gen, dis = self.gen.train(), self.dis.train()
-        f_i = gen.image_net(images)
-        h_i = gen.image_hash(f_i)
-        f_t, bn_inputs = forward_keeping_bn_inputs(gen.text_net, text)
-        h_t = gen.text_hash(f_t)
+        with self.autocast():
+            f_i, h_i = self.image_pass(images)
+            f_t, h_t, bn_inputs = self.text_pass(text)
+            # SPEC §4.3: A_h reads a second train-mode pass of the text net, detached before the
+            # hash head. Without dropout that pass repeats the first exactly, so reuse its features
+            # and repeat only its side effect, the BatchNorm running-statistics update.
+            if self.dropout:
+                f_t_again = gen.text_net(text).detach()
+            else:
+                f_t_again = f_t.detach()
+                repeat_bn_update(gen.text_net, bn_inputs)
+            h_t_again = gen.text_hash(f_t_again)
+        f_i, f_t, h_i, h_t, h_t_again = (x.float() for x in (f_i, f_t, h_i, h_t, h_t_again))
         self.H_i[rows] = h_i.detach()
         self.H_t[rows] = h_t.detach()
-
-        # SPEC §4.3: A_h reads a second train-mode pass of the text net, detached before the hash
-        # head. Without dropout that pass repeats the first exactly, so reuse its features and
-        # repeat only its side effect, the BatchNorm running-statistics update.
-        if self.dropout:
-            f_t_again = gen.text_net(text).detach()
-        else:
-            f_t_again = f_t.detach()
-            repeat_bn_update(gen.text_net, bn_inputs)
-        h_t_again = gen.text_hash(f_t_again)
 
         dis_losses = []
         for net, opt, real, fake in ((dis.feature_dis, self.feature_dis_opt, f_i, f_t),
@@ -93,8 +111,8 @@ class DADH:
         self.gen_opt.zero_grad(set_to_none=False)
         total.backward()
         self.gen_opt.step()
-        return {'loss': total.detach(), **{k: v.detach() for k, v in terms.items()},
-                'discriminator': sum(dis_losses)}
+        return {**{k: v.detach() for k, v in terms.items()}, 'discriminator': sum(dis_losses),
+                'loss': total.detach()}
 
     def end_epoch(self, epoch, train_labels):
         """SPEC §5 code update, then the SPEC §6 learning-rate decay (which fires after epoch 0 too)."""
@@ -105,13 +123,15 @@ class DADH:
 
     @torch.inference_mode()
     def encode(self, images, text, batch_size=4096):
-        """sign(h) of both modalities in eval mode (SPEC §2, §7)."""
+        """sign(h) of both modalities in eval mode (SPEC §2, §7), in large batches."""
         self.gen.eval()
-        image_codes = torch.cat([self.gen.image_codes(images[s:s + batch_size])
-                                 for s in range(0, len(images), batch_size)])
-        text_codes = torch.cat([self.gen.text_codes(text[s:s + batch_size])
-                                for s in range(0, len(text), batch_size)])
-        return image_codes, text_codes
+        codes = []
+        with self.autocast():
+            for to_codes, x, name in ((self.gen.image_codes, images, 'image codes'),
+                                      (self.gen.text_codes, text, 'text codes')):
+                codes.append(torch.cat([to_codes(x[s:s + batch_size]).float()
+                                        for s in bar(range(0, len(x), batch_size), name)]))
+        return codes
 
     @staticmethod
     def is_better(mapi2t, mapt2i, best):

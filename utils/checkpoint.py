@@ -1,6 +1,5 @@
 """Every file a run writes goes through here: written whole to a temporary file in the same folder,
 flushed, fsynced and renamed over the old one, so a crash leaves either the old file or the new."""
-import io
 import os
 import pickle
 import tempfile
@@ -10,37 +9,48 @@ import torch
 from utils.errors import UserError
 
 
-def atomic_write(path, data):
-    """Replace `path` by the bytes `data` atomically."""
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """Replace `path` atomically by what `write(file)` writes: to a temporary file in the same
+    folder, flushed, fsynced, renamed. A failed write (disk full) keeps the old file."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
+                                   suffix='.tmp')
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise UserError(f'{path}: could not write ({e.strerror or e}); the previous file, if any, '
+                        'is kept') from None
 
 
 def atomic_save(obj, path):
     """torch.save, atomically."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_pickle(obj, path):
-    atomic_write(path, pickle.dumps(obj))
+    atomic_write(path, lambda f: pickle.dump(obj, f))
 
 
 def load_file(path, device, what='checkpoint'):
