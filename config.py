@@ -30,6 +30,7 @@ COMMON = {
     'gamma': (1, 'adversarial weight'),
     'mu': (1e-5, 'weight of the network outputs in the code update (SPEC §5)'),
     'margin': (0.4, 'triplet margin'),
+    'map_at': ((50, 500), 'test also prints MAP@k for each k here (top-k convention, SPEC §7)'),
     'device': ('cuda:0', "'cuda:N' (falls back to CPU without CUDA) or 'cpu'"),
     'amp': (None, "'bf16' runs the networks in bfloat16 (CPU and GPU); None = float32"),
     'compile': (False, 'torch.compile the networks (worth it on a GPU)'),
@@ -108,6 +109,12 @@ def _check_type(name, value, default):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f'--{name} must be a number, got {value!r}')
         value = float(value)
+    elif isinstance(default, tuple):
+        value = value if isinstance(value, (list, tuple)) else (value,)
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                for v in value):
+            raise UserError(f'--{name} must be positive integers, e.g. [50,500], got {value!r}')
+        value = tuple(value)
     elif isinstance(default, str) and not isinstance(value, str):
         value = str(value)
     return value

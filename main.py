@@ -5,23 +5,28 @@ model, and a resumable last.pth after every epoch. Problems the user can fix end
 non-zero exit (utils.errors.UserError).
 """
 import functools
+import json
 import resource
 import shlex
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import fire
+import numpy as np
 import torch
+from torch import nn
 
 import config
 from datasets.data_handler import load_data
 from datasets.dataset import Splits
 from datasets.demo import ensure_demo
 from models.dadh import DADH, GEN_FILE
-from utils import calc_map_k
-from utils.checkpoint import atomic_pickle, atomic_save, load_file
+from utils import calc_map_k, p_top_k, pr_curve
+from utils.checkpoint import atomic_pickle, atomic_save, atomic_write, load_file
+from utils.metrics import P_AT_K
 from utils.errors import UserError, warn
 from utils.interrupt import GracefulStop
 from utils.progress import bar
@@ -36,9 +41,9 @@ def cli(command):
     """Turn a UserError into one line on stderr and exit status 2; Ctrl-C outside the training
     loop into exit status 130 without a traceback."""
     @functools.wraps(command)
-    def run(**options):
+    def run(*args, **options):
         try:
-            command(**options)
+            command(*args, **options)
         except UserError as e:
             print(f'error: {e}', file=sys.stderr, flush=True)
             sys.exit(2)
@@ -89,13 +94,20 @@ def load_splits(cfg, device):
     return splits
 
 
-def evaluate(method, splits):
-    """MAP image->text and text->image of the query set against the database (SPEC §7)."""
+def retrieval_pairs(method, splits):
+    """(query codes, database codes, query labels, database labels) of both directions (SPEC §7):
+    image queries against text codes ('i2t') and text queries against image codes ('t2i')."""
     query_image, query_text = method.encode(splits.images[splits.query], splits.text[splits.query])
     db_image, db_text = method.encode(splits.images[splits.database], splits.text[splits.database])
     query_labels, db_labels = splits.labels[splits.query], splits.labels[splits.database]
-    return (calc_map_k(query_image, db_text, query_labels, db_labels),
-            calc_map_k(query_text, db_image, query_labels, db_labels))
+    return {'i2t': (query_image, db_text, query_labels, db_labels),
+            't2i': (query_text, db_image, query_labels, db_labels)}
+
+
+def evaluate(method, splits):
+    """MAP image->text and text->image over the whole database."""
+    pairs = retrieval_pairs(method, splits)
+    return calc_map_k(*pairs['i2t']), calc_map_k(*pairs['t2i'])
 
 
 def prepare_run_dir(cfg):
@@ -264,8 +276,27 @@ def test(**options):
     splits = load_splits(cfg, device)
     method = METHODS[cfg.model](cfg, splits.sizes()['train'], device)
     method.load_best(out, device)
-    mapi2t, mapt2i = evaluate(method, splits)
-    print(f'...test MAP: MAP(i->t): {mapi2t:.4f}, MAP(t->i): {mapt2i:.4f}')
+
+    figures = {}
+    for direction, pair in retrieval_pairs(method, splits).items():
+        precision, recall = pr_curve(*pair)
+        p_at_k = p_top_k(*pair)
+        figures[direction] = {'map': calc_map_k(*pair),
+                              **{f'map@{k}': calc_map_k(*pair, k=k) for k in cfg.map_at},
+                              **{f'p@{k}': float(p) for k, p in zip(P_AT_K, p_at_k)}}
+        atomic_write(out / f'pr_{direction}.npy', lambda f: np.save(f, np.stack([precision, recall])))
+        atomic_write(out / f'p_at_k_{direction}.npy', lambda f: np.save(f, np.stack([P_AT_K, p_at_k])))
+    report = {'dataset': cfg.dataset, 'model': cfg.model, 'bit': cfg.bit,
+              'checkpoint': str(out / GEN_FILE), 'date': datetime.now().isoformat(timespec='seconds'),
+              'query_size': splits.sizes()['query'], 'database_size': splits.sizes()['database'],
+              **figures}
+    atomic_write(out / 'metrics.json', lambda f: f.write(json.dumps(report, indent=2).encode()))
+
+    print(f'{"":10}{"i->t":>9}{"t->i":>9}')
+    for name in figures['i2t']:
+        print(f'{name.upper():10}{figures["i2t"][name]:9.4f}{figures["t2i"][name]:9.4f}')
+    print(f'metrics, precision-recall and precision@K arrays written to {out}')
+    print(f"...test MAP: MAP(i->t): {figures['i2t']['map']:.4f}, MAP(t->i): {figures['t2i']['map']:.4f}")
 
 
 BENCH_FILE = './data/BENCH-FLICKR.mat'
@@ -293,7 +324,6 @@ def matmul_peak(device, dtype):
 def bench(epochs=3, **options):
     """Seconds per training epoch and per validation at the real sizes (MIRFlickr's by default, on a
     synthetic MIRFlickr-shaped file unless --data_path is given), achieved GFLOP/s, peak memory."""
-    from torch.utils.flop_counter import FlopCounterMode
     cfg = config.parse({'data_path': BENCH_FILE, 'vis_env': None, **options})
     print(f'configuration:\n{cfg}')
     device = resolve_device(cfg.device)
@@ -304,13 +334,16 @@ def bench(epochs=3, **options):
     splits = load_splits(cfg, device)
     num_train = splits.sizes()['train']
     method = METHODS[cfg.model](cfg, num_train, device)
-    rows = torch.arange(cfg.batch_size, device=device)
-    with FlopCounterMode(display=False) as step_counter:
-        method.train_step(rows, splits.images[rows], splits.text[rows], splits.labels[rows])
-    with FlopCounterMode(display=False) as encode_counter:
-        method.encode(splits.images[:cfg.batch_size], splits.text[:cfg.batch_size])
+    # FLOPs of the generator's matrix products (the discriminators and losses add a few percent):
+    # 2 per weight and sample forward, 4 backward, minus the input gradients of the first layers.
+    weights = {name: sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
+               for name, net in (('image', nn.ModuleList([method.gen.image_net, method.gen.image_hash])),
+                                 ('text', nn.ModuleList([method.gen.text_net, method.gen.text_hash])))}
+    first_layers = method.gen.image_net[0].weight.numel() + method.gen.text_net[0].weight.numel()
     num_used = rows_per_epoch(num_train, cfg.batch_size)
-    epoch_flops = step_counter.get_total_flops() / cfg.batch_size * num_used
+    epoch_flops = (6 * (weights['image'] + weights['text']) - 2 * first_layers) * num_used
+    sizes = splits.sizes()
+    valid_flops = 2 * (weights['image'] + weights['text']) * (sizes['query'] + sizes['database'])
 
     shuffle = torch.Generator().manual_seed(cfg.seed)
     seconds = []
@@ -326,8 +359,6 @@ def bench(epochs=3, **options):
     start = time.perf_counter()
     mapi2t, mapt2i = evaluate(method, splits)
     valid_s = time.perf_counter() - start
-    sizes = splits.sizes()
-    valid_flops = encode_counter.get_total_flops() / cfg.batch_size * (sizes['query'] + sizes['database'])
     print(f'validation: {valid_s:.2f} s, MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f} after '
           f'{epochs} epochs')
 

@@ -1,0 +1,51 @@
+"""Write real MATLAB files for the tests: v7 through scipy, v7.3 (HDF5 with MATLAB's 512-byte header,
+arrays axis-reversed) through h5py, and the NUS-WIDE three-file folder."""
+import os
+
+import h5py
+import numpy as np
+import scipy.io
+
+MATLAB_CLASS = {np.dtype('float32'): 'single', np.dtype('float64'): 'double',
+                np.dtype('uint8'): 'uint8', np.dtype('int32'): 'int32', np.dtype('bool'): 'logical'}
+
+
+def write_v7(path, arrays):
+    scipy.io.savemat(path, arrays)
+
+
+def write_v73(path, arrays, header=True):
+    """HDF5 as MATLAB's save -v7.3 writes it: a user block holding the text header, and every
+    array stored transposed (MATLAB is column-major)."""
+    with h5py.File(path, 'w', userblock_size=512) as f:
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            stored = value.astype(np.uint8) if value.dtype == bool else value
+            dataset = f.create_dataset(key, data=stored.T)
+            dataset.attrs['MATLAB_class'] = np.bytes_(MATLAB_CLASS.get(value.dtype, 'double'))
+    if header:
+        text = b'MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Nov 23 00:00:00 2026 HDF5 schema 1.00 .'
+        with open(path, 'r+b') as f:
+            f.write(text.ljust(116, b' ') + b'\x00' * 8 + b'\x00\x02' + b'IM')
+
+
+def write_nus_folder(folder, images, text, labels, v73=False):
+    os.makedirs(folder, exist_ok=True)
+    write = write_v73 if v73 else write_v7
+    for name, key, value in (('nus-wide-tc21-iall.mat', 'IAll', images),
+                             ('nus-wide-tc21-yall.mat', 'YAll', text),
+                             ('nus-wide-tc21-lall.mat', 'LAll', labels)):
+        write(os.path.join(folder, name), {key: value})
+
+
+def small_dataset(n=300, image_dim=64, text_dim=40, num_label=6, seed=0):
+    """Images, 0/1 text and 0/1 labels (every row labelled) that carry the labels in both
+    modalities, so a few epochs of training give a MAP well above chance."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, num_label)) < 0.05).astype(np.uint8)
+    labels[np.arange(n), rng.integers(0, num_label, n)] = 1
+    images = (labels @ rng.standard_normal((num_label, image_dim))
+              + 0.5 * rng.standard_normal((n, image_dim))).astype(np.float32)
+    words = rng.random((num_label, text_dim)) < 0.2
+    text = ((labels @ words) > 0) ^ (rng.random((n, text_dim)) < 0.05)
+    return images, text.astype(np.uint8), labels
