@@ -29,6 +29,7 @@ from utils.checkpoint import atomic_pickle, atomic_save, atomic_write, load_file
 from utils.metrics import P_AT_K
 from utils.errors import UserError, warn
 from utils.interrupt import GracefulStop
+from utils.memory import reuse_freed_memory
 from utils.progress import bar
 from utils.rng import rng_state, seed_everything, set_rng_state
 from utils.visualize import Visualizer
@@ -192,7 +193,8 @@ def train(**options):
     num_train = splits.sizes()['train']
     method = METHODS[cfg.model](cfg, num_train, device)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    history = {'train_times': [], 'mapi2t': [], 'mapt2i': [], 'best': None}
+    history = {'epoch': [], 'loss': [], 'lr': [], 'seconds': [], 'valid_epoch': [], 'mapi2t': [],
+               'mapt2i': [], 'best': None}
     start_epoch = 0
     if last:
         method.load_state_dict(last['method'])
@@ -223,6 +225,9 @@ def train(**options):
             seconds = time.time() - start
             loss = step_losses[:, names.index('loss')].mean().item()
             summary = f'epoch {epoch + 1}/{cfg.max_epoch}: loss {loss:.4f}, {seconds:.1f} s'
+            for key, value in (('epoch', epoch + 1), ('loss', loss), ('lr', method.lr),
+                               ('seconds', seconds)):
+                history[key].append(value)
             vis.plot('loss', epoch + 1, loss)
             vis.plot('lr', epoch + 1, method.lr)
 
@@ -230,9 +235,8 @@ def train(**options):
                 mapi2t, mapt2i = evaluate(method, splits)
                 if stop.requested:
                     stop_training(stop.signum, out, epoch)
-                history['train_times'].append(seconds)
-                history['mapi2t'].append(mapi2t)
-                history['mapt2i'].append(mapt2i)
+                for key, value in (('valid_epoch', epoch + 1), ('mapi2t', mapi2t), ('mapt2i', mapt2i)):
+                    history[key].append(value)
                 summary += f', MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f}'
                 vis.plot('mapi2t', epoch + 1, mapi2t)
                 vis.plot('mapt2i', epoch + 1, mapt2i)
@@ -240,11 +244,9 @@ def train(**options):
                     history['best'] = (mapi2t, mapt2i)
                     method.save_best(out)
                     summary += ' (best: saved)'
-                atomic_pickle([history['train_times'], history['mapi2t'], history['mapt2i']],
-                              out / 'result.pkl')
             if not cfg.valid and epoch + 1 == cfg.max_epoch:
                 method.save_best(out)
-                atomic_pickle([[], [], []], out / 'result.pkl')
+            write_results(out, history)
             atomic_save({'config': cfg.options, 'epoch': epoch + 1, 'method': method.state_dict(),
                          'history': history, 'rng': rng_state(shuffle)}, out / LAST_FILE)
             print(summary, flush=True)
@@ -252,6 +254,15 @@ def train(**options):
     if history['best']:
         print(f"...training done: best MAP(i->t): {history['best'][0]:.4f}, "
               f"MAP(t->i): {history['best'][1]:.4f}; model in {out / GEN_FILE}")
+
+
+def write_results(out, history):
+    """result.pkl as the published code writes it, [train_times, mapi2t_list, mapt2i_list] with the
+    training seconds of each validated epoch (SPEC §9), and history.json with every figure."""
+    seconds = dict(zip(history['epoch'], history['seconds']))
+    train_times = [seconds[epoch] for epoch in history['valid_epoch']]
+    atomic_pickle([train_times, history['mapi2t'], history['mapt2i']], out / 'result.pkl')
+    atomic_write(out / 'history.json', lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
 def stop_training(signum, out, epoch):
@@ -378,9 +389,27 @@ def bench(epochs=3, **options):
     print(line)
 
 
+@cli
+def plot(**options):
+    """PNG figures of a run (MAP curves with the loss, precision-recall, precision@K)."""
+    from utils.plot import plot_run
+    cfg = config.parse(options)
+    for path in plot_run(run_dir(cfg), cfg.dataset, cfg.bit):
+        print(f'wrote {path}')
+
+
+@cli
+def visdom(port=8097, hostname='127.0.0.1', env_path=None):
+    """A visdom server that starts offline (no download of web assets)."""
+    from utils.visualize import start_server
+    start_server(port, hostname, env_path)
+
+
 def help():
     print(config.usage())
 
 
 if __name__ == '__main__':
-    fire.Fire({'train': train, 'test': test, 'bench': bench, 'help': help})
+    reuse_freed_memory()
+    fire.Fire({'train': train, 'test': test, 'plot': plot, 'visdom': visdom, 'bench': bench,
+               'help': help})

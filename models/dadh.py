@@ -100,7 +100,7 @@ class DADH:
         for net, opt, real, fake in ((dis.feature_dis, self.feature_dis_opt, f_i, f_t),
                                      (dis.hash_dis, self.hash_dis_opt, h_i, h_t)):
             loss = discriminator_loss(net, real.detach(), fake.detach(), self.gamma)
-            opt.zero_grad(set_to_none=False)  # also drops what the last generator step left here
+            opt.zero_grad()  # also drops what the last generator step left here
             loss.backward()
             opt.step()
             dis_losses.append(loss.detach())
@@ -108,7 +108,7 @@ class DADH:
         total, terms = generator_loss(h_i, h_t, labels, self.B[rows], dis.feature_dis(f_t),
                                       dis.hash_dis(h_t_again), self.margin, self.alpha, self.beta,
                                       self.gamma)
-        self.gen_opt.zero_grad(set_to_none=False)
+        self.gen_opt.zero_grad()  # to None: the new gradients are stored as they come, not added to zeros
         total.backward()
         self.gen_opt.step()
         return {**{k: v.detach() for k, v in terms.items()}, 'discriminator': sum(dis_losses),

@@ -13,6 +13,16 @@ import numpy as np
 from utils.errors import warn
 
 
+def start_server(port=8097, hostname='127.0.0.1', env_path=None):
+    """Run a visdom server until interrupted, without `python -m visdom.server`'s start-up download
+    of the web page's scripts (which crashes offline). The plotting API works at once; the page in a
+    browser needs those scripts, which an online `python -m visdom.server` fetches once."""
+    from visdom.server.defaults import DEFAULT_ENV_PATH
+    from visdom.server.run_server import start_server as run
+    print(f'visdom server on http://{hostname}:{port} (Ctrl-C stops it)', flush=True)
+    run(port=port, hostname=hostname, base_url='', env_path=env_path or DEFAULT_ENV_PATH)
+
+
 def _listening(server, port, timeout=1.0):
     host = urlparse(server if '://' in server else f'http://{server}').hostname or 'localhost'
     try:

@@ -1,0 +1,71 @@
+"""PNG figures of a run for papers: MAP per validated epoch with the loss, precision-recall curves and
+precision@K curves, from the files that `train` and `test` write into the run folder."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from utils.checkpoint import atomic_write
+from utils.errors import UserError
+
+DIRECTIONS = (('i2t', 'image → text'), ('t2i', 'text → image'))
+
+
+def plot_run(run_dir, dataset, bit):
+    """Write map.png (from history.json), and pr.png and p_at_k.png (from the arrays `test` saves)
+    when they are there; return the paths written."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError('`plot` needs matplotlib: pip install matplotlib') from None
+    run_dir = Path(run_dir)
+    if not (run_dir / 'history.json').is_file():
+        raise UserError(f'{run_dir / "history.json"}: no training history here (train first, or '
+                        'check --checkpoint_dir, --flag and --bit)')
+    history = json.loads((run_dir / 'history.json').read_text())
+    title = f'{dataset}, {bit} bits'
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (('mapi2t', 'MAP image → text'), ('mapt2i', 'MAP text → image')):
+        ax.plot(history['valid_epoch'], history[key], marker='.', label=label)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('MAP')
+    loss_ax = ax.twinx()
+    loss_ax.plot(history['epoch'], history['loss'], color='grey', alpha=0.6, label='loss')
+    loss_ax.set_ylabel('training loss')
+    lines = ax.get_legend_handles_labels()
+    more = loss_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc='lower right')
+    ax.set_title(f'MAP per validated epoch: {title}')
+    written.append(_save(fig, run_dir / 'map.png'))
+
+    if all((run_dir / f'pr_{d}.npy').is_file() for d, _ in DIRECTIONS):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for direction, label in DIRECTIONS:
+            precision, recall = np.load(run_dir / f'pr_{direction}.npy')
+            ax.plot(recall, precision, marker='.', label=label)
+        ax.set(xlabel='recall', ylabel='precision',
+               title=f'Precision-recall (Hamming radius 0..{bit}): {title}')
+        ax.legend()
+        written.append(_save(fig, run_dir / 'pr.png'))
+
+    if all((run_dir / f'p_at_k_{d}.npy').is_file() for d, _ in DIRECTIONS):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for direction, label in DIRECTIONS:
+            top, precision = np.load(run_dir / f'p_at_k_{direction}.npy')
+            ax.plot(top, precision, marker='.', label=label)
+        ax.set(xlabel='K (top retrieved)', ylabel='precision@K', title=f'Precision@K: {title}')
+        ax.legend()
+        written.append(_save(fig, run_dir / 'p_at_k.png'))
+    return written
+
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    plt.close(fig)
+    return path
