@@ -39,6 +39,7 @@ COMMON = {
     'checkpoint_dir': ('checkpoints', 'outputs go to <checkpoint_dir>/<dataset>_<bit>/'),
     'overwrite': (False, 'start a new run even if the run folder already holds a model'),
     'resume': (False, 'continue the run in the run folder from its last.pth'),
+    'save_freq': (1, 'write last.pth (everything to resume) every this many epochs'),
     'vis_env': ('main', "visdom environment; None or '' turns visdom off"),
     'vis_port': (8097, 'visdom server port'),
     'vis_server': ('http://localhost', 'visdom server address'),
@@ -47,7 +48,7 @@ COMMON = {
 
 # Options a resumed run may change; any other difference from last.pth is refused.
 RESUMABLE = {'max_epoch', 'device', 'vis_env', 'vis_port', 'vis_server', 'data_path',
-             'checkpoint_dir', 'overwrite', 'resume'}
+             'checkpoint_dir', 'overwrite', 'resume', 'save_freq', 'map_at'}
 
 # Options that only one model reads.
 MODELS = {
@@ -152,7 +153,7 @@ def parse(options):
     if values['vis_env'] in ('', 'None'):
         values['vis_env'] = None
 
-    for name in ('bit', 'batch_size', 'max_epoch', 'valid_freq', 'training_size', 'image_dim',
+    for name in ('bit', 'batch_size', 'max_epoch', 'valid_freq', 'save_freq', 'training_size', 'image_dim',
                  'text_dim', 'num_label') + (('hidden_dim',) if model == 'dadh' else ()):
         if values[name] <= 0:
             raise UserError(f'--{name} must be positive, got {values[name]}')

@@ -195,11 +195,12 @@ def train(**options):
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history = {'epoch': [], 'loss': [], 'lr': [], 'seconds': [], 'valid_epoch': [], 'mapi2t': [],
                'mapt2i': [], 'best': None}
-    start_epoch = 0
+    start_epoch = saved_epoch = 0
     if last:
         method.load_state_dict(last['method'])
         set_rng_state(last['rng'], shuffle)
         history, start_epoch = last['history'], last['epoch']
+        saved_epoch = start_epoch
         print(f'resuming {out / LAST_FILE}: {start_epoch} epochs done')
     vis = Visualizer(cfg.vis_env, cfg.vis_server, cfg.vis_port, out / 'visdom.log')
     train_labels = splits.labels[splits.train]
@@ -215,7 +216,7 @@ def train(**options):
             step_losses, names = train_epoch(method, splits, order, cfg.batch_size,
                                              f'epoch {epoch + 1}/{cfg.max_epoch}', stop)
             if stop.requested:
-                stop_training(stop.signum, out, epoch)
+                stop_training(stop.signum, out, epoch, saved_epoch)
             bad = first_non_finite(step_losses, names)
             if bad:
                 raise UserError(f'the {bad[1]} loss became NaN or inf in epoch {epoch + 1}, batch '
@@ -234,7 +235,7 @@ def train(**options):
             if cfg.valid and (epoch + 1) % cfg.valid_freq == 0:
                 mapi2t, mapt2i = evaluate(method, splits)
                 if stop.requested:
-                    stop_training(stop.signum, out, epoch)
+                    stop_training(stop.signum, out, epoch, saved_epoch)
                 for key, value in (('valid_epoch', epoch + 1), ('mapi2t', mapi2t), ('mapt2i', mapt2i)):
                     history[key].append(value)
                 summary += f', MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f}'
@@ -247,8 +248,10 @@ def train(**options):
             if not cfg.valid and epoch + 1 == cfg.max_epoch:
                 method.save_best(out)
             write_results(out, history)
-            atomic_save({'config': cfg.options, 'epoch': epoch + 1, 'method': method.state_dict(),
-                         'history': history, 'rng': rng_state(shuffle)}, out / LAST_FILE)
+            if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.max_epoch:
+                atomic_save({'config': cfg.options, 'epoch': epoch + 1, 'method': method.state_dict(),
+                             'history': history, 'rng': rng_state(shuffle)}, out / LAST_FILE)
+                saved_epoch = epoch + 1
             print(summary, flush=True)
 
     if history['best']:
@@ -265,13 +268,17 @@ def write_results(out, history):
     atomic_write(out / 'history.json', lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
-def stop_training(signum, out, epoch):
-    """Leave on SIGINT/SIGTERM with the last.pth of the last completed epoch, and say how to resume."""
-    command = shlex.join([sys.executable, *sys.argv] + ([] if '--resume' in ' '.join(sys.argv)
-                                                       else ['--resume', 'True']))
-    kept = (f'{out / LAST_FILE} keeps epoch {epoch}' if epoch else 'no epoch was completed')
-    print(f'stopped during epoch {epoch + 1}; {kept}. Resume (from epoch {epoch + 1}) with:\n'
-          f'  {command}', file=sys.stderr, flush=True)
+def stop_training(signum, out, epoch, saved_epoch):
+    """Leave on SIGINT/SIGTERM, keeping the last.pth of a completed epoch, and say how to resume."""
+    if not saved_epoch:
+        print(f'stopped during epoch {epoch + 1}; no epoch was saved yet, so start again without '
+              '--resume', file=sys.stderr, flush=True)
+    else:
+        given = any(arg.split('=')[0] == '--resume' for arg in sys.argv)
+        command = shlex.join([sys.executable, *sys.argv] + ([] if given
+                                                           else ['--resume', 'True']))
+        print(f'stopped during epoch {epoch + 1}; {out / LAST_FILE} keeps epoch {saved_epoch}. '
+              f'Resume (from epoch {saved_epoch + 1}) with:\n  {command}', file=sys.stderr, flush=True)
     sys.exit(128 + signum)
 
 
