@@ -35,6 +35,7 @@ COMMON = {
     'amp': (None, "'bf16' runs the networks in bfloat16 (CPU and GPU); None = float32"),
     'compile': (False, 'torch.compile the networks (worth it on a GPU)'),
     'tf32': (False, 'allow TF32 matrix products on CUDA'),
+    'cuda_graph': (False, 'CUDA: replay every full training batch as one recorded CUDA graph'),
     'seed': (0, 'random seed (fixed, so two runs agree)'),
     'checkpoint_dir': ('checkpoints', 'outputs go to <checkpoint_dir>/<dataset>_<bit>/'),
     'overwrite': (False, 'start a new run even if the run folder already holds a model'),

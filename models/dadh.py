@@ -46,12 +46,15 @@ class DADH:
         self.gen = GEN(cfg.image_dim, cfg.text_dim, cfg.hidden_dim, cfg.bit, cfg.dropout).to(device)
         self.dis = DIS(cfg.hidden_dim, cfg.bit).to(device)
         # Fused Adam: one pass over each tensor instead of one per operation (10x faster on a CPU).
-        self.gen_opt = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, weight_decay=5e-4,
-                                        fused=True)
-        self.feature_dis_opt = torch.optim.Adam(self.dis.feature_dis.parameters(), lr=cfg.lr,
-                                                betas=(0.5, 0.9), weight_decay=1e-4, fused=True)
-        self.hash_dis_opt = torch.optim.Adam(self.dis.hash_dis.parameters(), lr=cfg.lr,
-                                             betas=(0.5, 0.9), weight_decay=1e-4, fused=True)
+        # A CUDA graph bakes numbers in, so there the learning rate is a tensor changed in place.
+        self.cuda_graph = cfg.cuda_graph and device.type == 'cuda'
+        adam = functools.partial(torch.optim.Adam, fused=True, capturable=self.cuda_graph)
+        lr = (lambda: torch.tensor(cfg.lr, device=device)) if self.cuda_graph else (lambda: cfg.lr)
+        self.gen_opt = adam(self.gen.parameters(), lr=lr(), weight_decay=5e-4)
+        self.feature_dis_opt = adam(self.dis.feature_dis.parameters(), lr=lr(), betas=(0.5, 0.9),
+                                    weight_decay=1e-4)
+        self.hash_dis_opt = adam(self.dis.hash_dis.parameters(), lr=lr(), betas=(0.5, 0.9),
+                                 weight_decay=1e-4)
         # SPEC §5: the latest network outputs of every training sample, and the shared codes B.
         self.H_i = torch.zeros(num_train, cfg.bit, device=device)
         self.H_t = torch.zeros(num_train, cfg.bit, device=device)
@@ -60,7 +63,9 @@ class DADH:
         # --amp bf16 runs the generator's networks in bfloat16; discriminators, losses and the code
         # update stay in float32. --compile compiles the generator's passes (state_dict unchanged).
         self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
-                                          enabled=cfg.amp == 'bf16')
+                                          enabled=cfg.amp == 'bf16',
+                                          cache_enabled=not self.cuda_graph)
+        self.batch_size, self.graph, self.warm_up_steps = cfg.batch_size, None, 0
         if cfg.compile:
             self.image_pass, self.text_pass = map(torch.compile, (self.image_pass, self.text_pass))
 
@@ -74,11 +79,43 @@ class DADH:
 
     @property
     def lr(self):
-        return self.gen_opt.param_groups[0]['lr']
+        return float(self.gen_opt.param_groups[0]['lr'])
 
     def train_step(self, rows, images, text, labels):
         """One batch of SPEC §6: both discriminator steps, then one generator step on E.
-        `rows` index the batch within the training set. Returns the loss terms as tensors."""
+        `rows` index the batch within the training set. Returns the loss terms as tensors (with
+        --cuda_graph they are overwritten by the next step: read or copy them before it).
+
+        With --cuda_graph, full batches replay one recorded CUDA graph of `step`: the same kernels
+        without the Python and launch cost of each of its ~600 operations."""
+        if not self.cuda_graph or len(rows) != self.batch_size:
+            return self.step(rows, images, text, labels)
+        if self.graph is None:
+            return self.warm_up_or_record(rows, images, text, labels)
+        for static, new in zip(self.graph_inputs, (rows, images, text, labels)):
+            static.copy_(new)
+        self.graph.replay()
+        return self.graph_losses
+
+    def warm_up_or_record(self, *batch):
+        """PyTorch's recipe: a few eager steps on a side stream, then record one step; recording only
+        records, so the recorded step is then replayed to train on its batch."""
+        if self.warm_up_steps < 3:
+            self.warm_up_steps += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                losses = self.step(*batch)
+            torch.cuda.current_stream().wait_stream(side)
+            return losses
+        self.graph_inputs = [x.clone() for x in batch]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.graph_losses = self.step(*self.graph_inputs)
+        self.graph.replay()
+        return self.graph_losses
+
+    def step(self, rows, images, text, labels):
         gen, dis = self.gen.train(), self.dis.train()
         with self.autocast():
             f_i, h_i = self.image_pass(images)
@@ -116,10 +153,14 @@ class DADH:
 
     def end_epoch(self, epoch, train_labels):
         """SPEC §5 code update, then the SPEC §6 learning-rate decay (which fires after epoch 0 too)."""
-        self.B = update_codes(train_labels, self.B, self.H_i, self.H_t, self.lamb, self.mu)
+        self.B.copy_(update_codes(train_labels, self.B, self.H_i, self.H_t, self.lamb, self.mu))
         if epoch % 100 == 0:
             for group in self.gen_opt.param_groups:
-                group['lr'] = max(group['lr'] * 0.8, 1e-6)
+                lr = max(float(group['lr']) * 0.8, 1e-6)
+                if torch.is_tensor(group['lr']):
+                    group['lr'].fill_(lr)  # in place: a recorded CUDA graph reads this tensor
+                else:
+                    group['lr'] = lr
 
     @torch.inference_mode()
     def encode(self, images, text, batch_size=4096):
@@ -154,4 +195,5 @@ class DADH:
     def load_state_dict(self, state):
         for name in ('gen', 'dis', 'gen_opt', 'feature_dis_opt', 'hash_dis_opt'):
             getattr(self, name).load_state_dict(state[name])
-        self.B, self.H_i, self.H_t = (state[k].to(self.B.device) for k in ('B', 'H_i', 'H_t'))
+        for name in ('B', 'H_i', 'H_t'):
+            getattr(self, name).copy_(state[name])

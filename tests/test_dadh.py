@@ -10,7 +10,8 @@ from torch import autograd
 from models.dadh import DADH
 
 SMALL = dict(image_dim=32, text_dim=24, hidden_dim=64, bit=8, lr=1e-3, alpha=10, beta=1, gamma=1,
-             margin=0.4, lamb=1, mu=1e-5, amp=None, compile=False)
+             margin=0.4, lamb=1, mu=1e-5, amp=None, compile=False, cuda_graph=False,
+             batch_size=16)
 
 
 def config(**overrides):
