@@ -1,7 +1,8 @@
 """Configuration as plain values: the defaults of SPEC §8, per-data-set defaults (SPEC §1), strict parsing.
 
 Precedence, lowest first: options shared by every model, the model's own defaults, the data set's
-defaults (`--flag`), the demo's smaller defaults, then whatever is given on the command line.
+defaults (`--flag`) and the model's split of it, the demo's smaller defaults, then whatever is given
+on the command line.
 """
 import difflib
 
@@ -25,10 +26,10 @@ COMMON = {
     'max_epoch': (300, 'training epochs'),
     'valid': (True, 'validate MAP during training and keep the best model'),
     'valid_freq': (1, 'validate every this many epochs'),
-    'alpha': (10, 'triplet-loss weight (10 switches on the label-weighted triplets, SPEC §4.1)'),
-    'beta': (1, 'quantisation weight beta0 (the run uses beta0 + 0.1, SPEC §4.4)'),
-    'gamma': (1, 'adversarial weight'),
-    'mu': (1e-5, 'weight of the network outputs in the code update (SPEC §5)'),
+    'alpha': (10.0, 'DADH: triplet weight (10 switches on the label weights, SPEC §4.1); AGAH: balance'),
+    'beta': (1.0, 'DADH: quantisation weight beta0 (the run uses beta0 + 0.1, SPEC §4.4); AGAH: classification'),
+    'gamma': (1.0, 'DADH: adversarial weight; AGAH: code-map weight'),
+    'mu': (1e-5, 'DADH: weight of the network outputs in the code update (SPEC §5); AGAH: adversarial'),
     'margin': (0.4, 'triplet margin'),
     'map_at': ((50, 500), 'test also prints MAP@k for each k here (top-k convention, SPEC §7)'),
     'device': ('cuda:0', "'cuda:N' (falls back to CPU without CUDA) or 'cpu'"),
@@ -54,10 +55,23 @@ RESUMABLE = {'max_epoch', 'device', 'vis_env', 'vis_port', 'vis_server', 'data_p
 # Options that only one model reads.
 MODELS = {
     'dadh': {
-        'lamb': (1, 'ridge weight lambda of the code update (SPEC §5)'),
+        'lamb': (1.0, 'ridge weight lambda of the code update (SPEC §5)'),
         'hidden_dim': (8192, 'width of the first hidden layer of both MLPs (SPEC §2)'),
         'dropout': (False, 'Dropout(0.5) after every ReLU of both MLPs'),
     },
+    'agah': {
+        'emb_dim': (512, 'width e of the features both nets end in (SPEC-AGAH)'),
+        'eta': (1.0, 'quantisation weight'),
+        'lambd': (0.8, 'attention mix: f^ = lambd f + (1 - lambd) attended label features'),
+        'data_enhance': (False, 'add n/2 mixed training samples 0.5 a + 0.5 b'),
+        'delta': (None, 'in the published configuration but read by nothing; accepted and unused'),
+    },
+}
+
+# Shared options whose defaults differ for a model (SPEC-AGAH "Defaults").
+MODEL_DEFAULTS = {
+    'dadh': {},
+    'agah': dict(lr=1e-4, valid_freq=20, alpha=1.0, beta=0.0, gamma=0.001, mu=1.0, margin=0.3),
 }
 
 # Data-set defaults (SPEC §1). `layout` says where the queries are: 'query_last' = database rows
@@ -71,12 +85,15 @@ DATASETS = {
                  training_size=2000, text_dim=1386, num_label=24),
 }
 LAYOUTS = {'mir': 'query_last', 'nus': 'query_first', 'demo': 'query_last'}
+# AGAH's published code splits MIRFlickr with the queries first (SPEC-AGAH "Data and split").
+MODEL_SPLITS = {('agah', 'mir'): (dict(query_size=2000, db_size=18015), 'query_first')}
 KEYS = {'mir': ('images', 'YAll', 'LAll'), 'nus': ('image', 'text', 'label'),
         'demo': ('images', 'YAll', 'LAll')}
 
 # The demo's smaller model, so that `train --flag demo` ends in about two minutes on 2 cores.
 DEMO = {
     'dadh': dict(hidden_dim=1024, bit=32, max_epoch=20, lr=1e-4),
+    'agah': dict(bit=32, max_epoch=20, valid_freq=5),
 }
 
 
@@ -85,7 +102,7 @@ class Config:
 
     def __init__(self, values):
         self.__dict__.update(values)
-        self.layout = LAYOUTS[self.flag]
+        self.layout = MODEL_SPLITS.get((self.model, self.flag), (None, LAYOUTS[self.flag]))[1]
         self.keys = KEYS[self.flag]
 
     @property
@@ -143,7 +160,9 @@ def parse(options):
         raise UserError(f'unknown option --{name}{hint}')
 
     values = {k: d for k, (d, _) in known.items()}
+    values.update(MODEL_DEFAULTS[model])
     values.update(DATASETS[flag])
+    values.update(MODEL_SPLITS.get((model, flag), ({},))[0])
     if flag == 'demo':
         values.update(DEMO[model])
     for name, value in options.items():
@@ -155,7 +174,7 @@ def parse(options):
         values['vis_env'] = None
 
     for name in ('bit', 'batch_size', 'max_epoch', 'valid_freq', 'save_freq', 'training_size', 'image_dim',
-                 'text_dim', 'num_label') + (('hidden_dim',) if model == 'dadh' else ()):
+                 'text_dim', 'num_label') + {'dadh': ('hidden_dim',), 'agah': ('emb_dim',)}[model]:
         if values[name] <= 0:
             raise UserError(f'--{name} must be positive, got {values[name]}')
     for name in ('db_size', 'query_size'):
@@ -188,6 +207,10 @@ def usage():
     for model, opts in MODELS.items():
         lines += ['', f'options of --model {model}:']
         lines += [f'  --{k:<20} {d!r:<28} {h}' for k, (d, h) in opts.items()]
+        if MODEL_DEFAULTS[model]:
+            lines += [f'  and its own defaults of shared options: {MODEL_DEFAULTS[model]}']
+        lines += [f'  {flag} split: {split}, {layout}' for (m, flag), (split, layout)
+                  in MODEL_SPLITS.items() if m == model]
     lines += ['', 'data-set defaults set by --flag:']
     lines += [f'  {f:<6} {v}' for f, v in DATASETS.items()]
     lines += ['', 'smaller model defaults of --flag demo:']

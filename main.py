@@ -23,7 +23,9 @@ import config
 from datasets.data_handler import load_data
 from datasets.dataset import Splits
 from datasets.demo import ensure_demo
-from models.dadh import DADH, GEN_FILE
+from models.agah import AGAH
+from models.cnn_f import CNNF
+from models.dadh import DADH
 from utils import calc_map_k, p_top_k, pr_curve
 from utils.checkpoint import atomic_pickle, atomic_save, atomic_write, load_file
 from utils.metrics import P_AT_K
@@ -34,7 +36,7 @@ from utils.progress import bar
 from utils.rng import rng_state, seed_everything, set_rng_state
 from utils.visualize import Visualizer
 
-METHODS = {'dadh': DADH}
+METHODS = {'dadh': DADH, 'agah': AGAH}
 LAST_FILE = 'last.pth'
 
 
@@ -81,18 +83,36 @@ def configure_device(cfg, device):
 
 
 def run_dir(cfg):
-    return Path(cfg.checkpoint_dir) / f'{cfg.dataset}_{cfg.bit}'
+    """<checkpoint_dir>/<dataset>_<bit> for DADH (as published); other models add their name."""
+    suffix = '' if cfg.model == 'dadh' else f'_{cfg.model}'
+    return Path(cfg.checkpoint_dir) / f'{cfg.dataset}_{cfg.bit}{suffix}'
+
+
+def model_file(cfg):
+    return run_dir(cfg) / METHODS[cfg.model].MODEL_FILE
 
 
 def load_splits(cfg, device):
     if cfg.flag == 'demo':
         ensure_demo(cfg.data_path)
-    data = load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label)
+    # DADH standardises image features (SPEC §1); AGAH reads them as CNN-F gives them.
+    data = load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
+                     standardise_images=cfg.model == 'dadh')
     splits = Splits(data, cfg.layout, cfg.query_size, cfg.db_size, cfg.training_size, device)
     sizes = splits.sizes()
     print(f'data: {data.source}: {len(data)} samples; training {sizes["train"]}, '
           f'query {sizes["query"]}, database {sizes["database"]}')
     return splits
+
+
+def make_method(cfg, splits, device):
+    """The method of --model; on raw images its image net starts with CNN-F (SPEC §2)."""
+    method = METHODS[cfg.model]
+    cnn = None
+    if splits.raw_images:
+        cnn = CNNF.from_matconvnet(cfg.pretrain_model_path, method.SUBTRACT_AVERAGE_IMAGE)
+        print(f'raw images: CNN-F from {cfg.pretrain_model_path} ({cnn.out_dim}-d fc7)')
+    return method(cfg, splits.sizes()['train'], device, cnn)
 
 
 def retrieval_pairs(method, splits):
@@ -127,8 +147,8 @@ def prepare_run_dir(cfg):
         if not (out / LAST_FILE).is_file():
             raise UserError(f'--resume: {out / LAST_FILE} does not exist, so there is no run to '
                             'continue (drop --resume to start one)')
-    elif (out / GEN_FILE).exists() and not cfg.overwrite:
-        raise UserError(f'{out / GEN_FILE} already holds the model of an earlier run: pass '
+    elif model_file(cfg).exists() and not cfg.overwrite:
+        raise UserError(f'{model_file(cfg)} already holds the model of an earlier run: pass '
                         '--resume True to continue it, --overwrite True to replace it as this run '
                         'improves, or another --checkpoint_dir')
     return out
@@ -159,7 +179,7 @@ def train_epoch(method, splits, order, batch_size, desc, stop=None):
     batches = bar(range(0, num_used, batch_size), desc)
     for first in batches:
         rows = order[first:first + batch_size][:num_used - first]
-        data_rows = rows + splits.train.start
+        data_rows = splits.train_rows[rows]
         losses = method.train_step(rows, splits.images[data_rows], splits.text[data_rows],
                                    splits.labels[data_rows])
         step_losses.append(torch.stack(list(losses.values())))
@@ -190,9 +210,12 @@ def train(**options):
     last = load_last(out, cfg, device) if cfg.resume else None
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
-    num_train = splits.sizes()['train']
-    method = METHODS[cfg.model](cfg, num_train, device)
     shuffle = torch.Generator().manual_seed(cfg.seed)
+    if cfg.model == 'agah' and cfg.data_enhance:
+        splits.append_mixed_training(shuffle)
+        print(f'data_enhance: {splits.sizes()["train"]} training samples with the mixed ones')
+    num_train = splits.sizes()['train']
+    method = make_method(cfg, splits, device)
     history = {'epoch': [], 'loss': [], 'lr': [], 'seconds': [], 'valid_epoch': [], 'mapi2t': [],
                'mapt2i': [], 'best': None}
     start_epoch = saved_epoch = 0
@@ -203,7 +226,7 @@ def train(**options):
         saved_epoch = start_epoch
         print(f'resuming {out / LAST_FILE}: {start_epoch} epochs done')
     vis = Visualizer(cfg.vis_env, cfg.vis_server, cfg.vis_port, out / 'visdom.log')
-    train_labels = splits.labels[splits.train]
+    train_labels = splits.labels[splits.train_rows]
 
     if rows_per_epoch(num_train, cfg.batch_size) < num_train:
         warn(f'the last batch of every epoch would hold 1 sample; it is dropped '
@@ -256,7 +279,7 @@ def train(**options):
 
     if history['best']:
         print(f"...training done: best MAP(i->t): {history['best'][0]:.4f}, "
-              f"MAP(t->i): {history['best'][1]:.4f}; model in {out / GEN_FILE}")
+              f"MAP(t->i): {history['best'][1]:.4f}; model in {model_file(cfg)}")
 
 
 def write_results(out, history):
@@ -287,12 +310,12 @@ def test(**options):
     cfg = config.parse(options)
     device = resolve_device(cfg.device)
     out = run_dir(cfg)
-    if not (out / GEN_FILE).is_file():
-        raise UserError(f'{out / GEN_FILE}: no trained model here (train first, or check '
+    if not model_file(cfg).is_file():
+        raise UserError(f'{model_file(cfg)}: no trained model here (train first, or check '
                         '--checkpoint_dir, --flag and --bit)')
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
-    method = METHODS[cfg.model](cfg, splits.sizes()['train'], device)
+    method = make_method(cfg, splits, device)
     method.load_best(out, device)
 
     figures = {}
@@ -305,7 +328,7 @@ def test(**options):
         atomic_write(out / f'pr_{direction}.npy', lambda f: np.save(f, np.stack([precision, recall])))
         atomic_write(out / f'p_at_k_{direction}.npy', lambda f: np.save(f, np.stack([P_AT_K, p_at_k])))
     report = {'dataset': cfg.dataset, 'model': cfg.model, 'bit': cfg.bit,
-              'checkpoint': str(out / GEN_FILE), 'date': datetime.now().isoformat(timespec='seconds'),
+              'checkpoint': str(model_file(cfg)), 'date': datetime.now().isoformat(timespec='seconds'),
               'query_size': splits.sizes()['query'], 'database_size': splits.sizes()['database'],
               **figures}
     atomic_write(out / 'metrics.json', lambda f: f.write(json.dumps(report, indent=2).encode()))
@@ -343,6 +366,8 @@ def bench(epochs=3, **options):
     """Seconds per training epoch and per validation at the real sizes (MIRFlickr's by default, on a
     synthetic MIRFlickr-shaped file unless --data_path is given), achieved GFLOP/s, peak memory."""
     cfg = config.parse({'data_path': BENCH_FILE, 'vis_env': None, **options})
+    if cfg.model != 'dadh':
+        raise UserError('bench times --model dadh (its FLOP count is DADH\'s)')
     print(f'configuration:\n{cfg}')
     device = resolve_device(cfg.device)
     configure_device(cfg, device)
@@ -351,7 +376,7 @@ def bench(epochs=3, **options):
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
     num_train = splits.sizes()['train']
-    method = METHODS[cfg.model](cfg, num_train, device)
+    method = make_method(cfg, splits, device)
     # FLOPs of the generator's matrix products (the discriminators and losses add a few percent):
     # 2 per weight and sample forward, 4 backward, minus the input gradients of the first layers.
     weights = {name: sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
@@ -370,7 +395,7 @@ def bench(epochs=3, **options):
         start = time.perf_counter()
         train_epoch(method, splits, torch.randperm(num_train, generator=shuffle).to(device),
                     cfg.batch_size, f'epoch {epoch + 1}/{epochs}')
-        method.end_epoch(epoch, splits.labels[splits.train])
+        method.end_epoch(epoch, splits.labels[splits.train_rows])
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         print(f'epoch {epoch + 1}: {seconds[-1]:.2f} s', flush=True)

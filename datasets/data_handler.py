@@ -8,6 +8,7 @@ file costs little more than its float32 image matrix.
 import os
 
 import numpy as np
+import torch
 
 from utils.errors import UserError, warn
 
@@ -32,6 +33,51 @@ def _is_hdf5(path):
     with open(path, 'rb') as f:
         head = f.read(1024)
     return head[:8] == HDF5_SIGNATURE or head[512:520] == HDF5_SIGNATURE
+
+
+class RawImages:
+    """Raw N x 3 x 224 x 224 images (DCMH's v7.3 layout: MATLAB's 224 x 224 x 3 x N, axis-reversed),
+    read from disk batch by batch rather than all into memory (20015 images are 3 GB).
+
+    images[a:b] is a lazy view; images[index] reads those rows as a float tensor on `device`."""
+
+    def __init__(self, path, key, array=None, rows=None, device='cpu'):
+        self.path, self.key, self._array, self.device = path, key, array, device
+        self._rows = rows if rows is not None else range(len(self._data()))
+
+    def _data(self):
+        if self._array is None:  # opened once per process, on first use
+            import h5py
+            self._array = h5py.File(self.path, 'r')[self.key]
+        return self._array
+
+    @property
+    def shape(self):
+        return (len(self._rows), *self._data().shape[1:])
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return RawImages(self.path, self.key, self._array, self._rows[index], self.device)
+        rows = np.asarray([self._rows[i] for i in torch.as_tensor(index).cpu().tolist()])
+        order = np.argsort(rows)
+        batch = np.empty((len(rows), *self._data().shape[1:]), dtype=self._data().dtype)
+        batch[order] = self._data()[rows[order].tolist()]  # h5py reads increasing rows
+        return torch.from_numpy(batch).to(self.device).float()
+
+    def read(self):
+        """All rows of this view as a float tensor on `device`."""
+        return torch.from_numpy(self._data()[self._rows.start:self._rows.stop]).to(self.device).float()
+
+    def to(self, device):
+        return RawImages(self.path, self.key, self._array, self._rows, device)
+
+
+def read_rows(x, start, stop):
+    """Rows [start, stop) of a tensor or of RawImages (read from disk now) as a tensor."""
+    return x[start:stop] if torch.is_tensor(x) else x[start:stop].read()
 
 
 class _Array:
@@ -64,6 +110,9 @@ def _open_v5(path, keys):
         if scipy.sparse.issparse(value):
             value = value.toarray()
         value = np.asarray(value)
+        if key == keys[0] and value.ndim == 4:
+            arrays.append(RawImages(path, key, value.transpose()))
+            continue
         if value.dtype == object or value.ndim != 2:
             raise UserError(f'{path}: {key} must be a numeric 2-D matrix, found '
                             f'{value.dtype} of shape {value.shape}')
@@ -102,6 +151,9 @@ def _open_v73(path, keys):
                 return value[start:stop] if axis == 0 else value[:, start:stop]
             arrays.append(_Array(path, key, value.shape, read_rows))
             continue
+        if key == keys[0] and isinstance(node, h5py.Dataset) and node.ndim == 4:
+            arrays.append(RawImages(path, key))
+            continue
         if not isinstance(node, h5py.Dataset) or node.ndim != 2 or node.dtype.kind not in 'biuf':
             raise UserError(f'{path}: {key} must be a numeric 2-D matrix, found '
                             f'{getattr(node, "dtype", "a group")} of shape {getattr(node, "shape", "?")}')
@@ -130,16 +182,16 @@ def _open(path, keys):
 
 
 def _sample_axes(arrays):
-    """Return (N, axis per array): the row count the three share, and where each keeps it.
+    """Return (N, axis per array): the row count the arrays share, and where each keeps it.
 
     Samples are rows in MATLAB's view; a matrix stored the other way round is accepted when only
-    that reading makes the three row counts agree."""
+    that reading makes the row counts agree."""
     shapes = [a.shape for a in arrays]
     if len({s[0] for s in shapes}) == 1:
-        return shapes[0][0], [0, 0, 0]
-    common = set(shapes[0]) & set(shapes[1]) & set(shapes[2])
+        return shapes[0][0], [0] * len(arrays)
+    common = set.intersection(*map(set, shapes))
     if len(common) != 1:
-        described = ', '.join(f'{a.key} {a.shape[0]} x {a.shape[1]}' for a in arrays)
+        described = ', '.join(f'{a.key} {" x ".join(map(str, a.shape))}' for a in arrays)
         raise UserError(f'{arrays[0].path}: the row counts of images, text and labels differ '
                         f'({described})')
     n = common.pop()
@@ -178,11 +230,12 @@ def standardise(images):
     return mean, std
 
 
-def load_data(path, keys, image_dim, text_dim, num_label):
+def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=True):
     """Load (images, text, labels) from `path` and check them against the expected widths.
 
     `keys` names the image, text and label variables of a single file; a folder is read as the
-    three-file NUS-WIDE layout (NUS_FOLDER_FILES) whatever the keys."""
+    three-file NUS-WIDE layout (NUS_FOLDER_FILES) whatever the keys. Image features become float32
+    arrays (standardised unless told not to); raw images stay on disk as RawImages."""
     handles = []
     try:
         if os.path.isdir(path):
@@ -199,20 +252,26 @@ def load_data(path, keys, image_dim, text_dim, num_label):
             arrays, handle = _open(path, keys)
             handles.append(handle)
 
+        raw = isinstance(arrays[0], RawImages)
         n, axes = _sample_axes(arrays)
-        for array, axis, expected, option in zip(arrays, axes, (image_dim, text_dim, num_label),
-                                                 ('image_dim', 'text_dim', 'num_label')):
+        if raw and arrays[0].shape[1:] != (3, 224, 224):
+            raise UserError(f'{path}: {arrays[0].key} holds images of shape '
+                            f'{" x ".join(map(str, arrays[0].shape[1:]))}, expected 3 x 224 x 224')
+        checks = list(zip(arrays, axes, (image_dim, text_dim, num_label),
+                          ('image_dim', 'text_dim', 'num_label')))
+        for array, axis, expected, option in checks[raw:]:  # raw images have no feature width
             width = array.shape[1 - axis]
             if width != expected:
                 raise UserError(f'{array.path}: {array.key} has {width} columns, expected '
                                 f'{option} = {expected} (pass --{option} {width} if this is right)')
-        images, text, labels = (_read(a, n, axis) for a, axis in zip(arrays, axes))
+        images = arrays[0] if raw else _read(arrays[0], n, axes[0])
+        text, labels = (_read(a, n, axis) for a, axis in zip(arrays[1:], axes[1:]))
     finally:
         for handle in handles:
             if handle is not None:
                 handle.close()
 
-    for name, array, x in (('images', arrays[0], images), ('text', arrays[1], text)):
+    for name, array, x in (('images', arrays[0], images), ('text', arrays[1], text))[raw:]:
         row = _first_bad_row(x, lambda c: ~np.isfinite(c))
         if row is not None:
             raise UserError(f'{array.path}: {array.key} ({name}) has NaN or inf in row {row}')
@@ -225,5 +284,6 @@ def load_data(path, keys, image_dim, text_dim, num_label):
     if unlabelled:
         warn(f'{path}: {unlabelled} of {n} samples have no label: as triplet anchors they get zero '
              'weight (SPEC §4.1), as queries they count as MAP 0 (SPEC §7)')
-    standardise(images)
+    if standardise_images and not raw:
+        standardise(images)
     return Data(images, text, labels, path)

@@ -1,6 +1,7 @@
 """The splits of SPEC §1 as row ranges, and the data as tensors on the training device."""
 import torch
 
+from datasets.data_handler import RawImages
 from utils.errors import UserError
 
 
@@ -27,17 +28,35 @@ def split_ranges(n, layout, query_size, db_size, training_size):
 
 
 class Splits:
-    """Images, text and labels on `device` (one copy each) with the three row ranges as slices."""
+    """Images, text and labels on `device` (one copy each) with the query and database row ranges as
+    slices and the training rows as an index tensor. Raw images stay on disk (RawImages)."""
 
     def __init__(self, data, layout, query_size, db_size, training_size, device):
-        self.train, self.query, self.database = (
+        train, self.query, self.database = (
             slice(r.start, r.stop) for r in split_ranges(len(data), layout, query_size, db_size,
                                                         training_size))
+        self.train_rows = torch.arange(train.start, train.stop, device=device)
+        self.raw_images = isinstance(data.images, RawImages)
         # from_numpy shares the arrays' memory on the CPU; .to() copies once onto a GPU.
-        self.images = torch.from_numpy(data.images).to(device)
+        self.images = (data.images.to(device) if self.raw_images
+                       else torch.from_numpy(data.images).to(device))
         self.text = torch.from_numpy(data.text).to(device)
         self.labels = torch.from_numpy(data.labels).to(device)
 
     def sizes(self):
-        return {name: getattr(self, name).stop - getattr(self, name).start
-                for name in ('train', 'query', 'database')}
+        return {'train': len(self.train_rows), 'query': self.query.stop - self.query.start,
+                'database': self.database.stop - self.database.start}
+
+    def append_mixed_training(self, generator, c=0.5):
+        """AGAH's data_enhance: n/2 more training samples c·a + (1 − c)·b, a and b from two random
+        permutations of the first half of the training rows, for images, text and labels alike."""
+        if self.raw_images:
+            raise UserError('--data_enhance True needs a feature file: it mixes image rows in memory')
+        half = self.train_rows[:len(self.train_rows) // 2]
+        a, b = (half[torch.randperm(len(half), generator=generator).to(half.device)] for _ in range(2))
+        first_new = len(self.labels)
+        for name in ('images', 'text', 'labels'):
+            x = getattr(self, name)
+            setattr(self, name, torch.cat([x, c * x[a] + (1 - c) * x[b]]))
+        self.train_rows = torch.cat([self.train_rows, torch.arange(first_new, first_new + len(half),
+                                                                   device=half.device)])

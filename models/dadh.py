@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.data_handler import read_rows
 from models.codes import update_codes
 from models.dis_model import DIS
 from models.gen_model import GEN
@@ -16,7 +17,6 @@ from models.losses import discriminator_loss, generator_loss
 from utils.checkpoint import atomic_save, load_module
 from utils.progress import bar
 
-GEN_FILE = 'GEN_module.pth'
 
 
 def forward_keeping_bn_inputs(net, x):
@@ -40,10 +40,13 @@ def repeat_bn_update(net, bn_inputs):
 
 
 class DADH:
-    def __init__(self, cfg, num_train, device):
+    MODEL_FILE = 'GEN_module.pth'
+    SUBTRACT_AVERAGE_IMAGE = True  # CNN-F's input has the file's average image subtracted (SPEC §2)
+
+    def __init__(self, cfg, num_train, device, cnn=None):
         self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
         self.margin, self.lamb, self.mu, self.dropout = cfg.margin, cfg.lamb, cfg.mu, cfg.dropout
-        self.gen = GEN(cfg.image_dim, cfg.text_dim, cfg.hidden_dim, cfg.bit, cfg.dropout).to(device)
+        self.gen = GEN(cfg.image_dim, cfg.text_dim, cfg.hidden_dim, cfg.bit, cfg.dropout, cnn).to(device)
         self.dis = DIS(cfg.hidden_dim, cfg.bit).to(device)
         # Fused Adam: one pass over each tensor instead of one per operation (10x faster on a CPU).
         # A CUDA graph bakes numbers in, so there the learning rate is a tensor changed in place.
@@ -170,7 +173,7 @@ class DADH:
         with self.autocast():
             for to_codes, x, name in ((self.gen.image_codes, images, 'image codes'),
                                       (self.gen.text_codes, text, 'text codes')):
-                codes.append(torch.cat([to_codes(x[s:s + batch_size]).float()
+                codes.append(torch.cat([to_codes(read_rows(x, s, s + batch_size)).float()
                                         for s in bar(range(0, len(x), batch_size), name)]))
         return codes
 
@@ -180,10 +183,10 @@ class DADH:
         return best is None or (mapi2t + mapt2i) / 2 > sum(best) / 2
 
     def save_best(self, run_dir):
-        atomic_save(self.gen.state_dict(), run_dir / GEN_FILE)
+        atomic_save(self.gen.state_dict(), run_dir / self.MODEL_FILE)
 
     def load_best(self, run_dir, device):
-        load_module(self.gen, run_dir / GEN_FILE, device)
+        load_module(self.gen, run_dir / self.MODEL_FILE, device)
 
     def state_dict(self):
         return {'gen': self.gen.state_dict(), 'dis': self.dis.state_dict(),

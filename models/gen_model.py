@@ -15,11 +15,14 @@ def mlp(in_dim, hidden_dim, dropout):
 
 
 class GEN(nn.Module):
-    """Image net, text net and their hash heads, with PyTorch's default initialisation (SPEC §2)."""
+    """Image net, text net and their hash heads, with PyTorch's default initialisation (SPEC §2).
+    On raw images, `cnn` (CNN-F to fc7) goes first in the image net."""
 
-    def __init__(self, image_dim, text_dim, hidden_dim, bit, dropout=False):
+    def __init__(self, image_dim, text_dim, hidden_dim, bit, dropout=False, cnn=None):
         super().__init__()
-        self.image_net = mlp(image_dim, hidden_dim, dropout)
+        self.image_net = mlp(cnn.out_dim if cnn else image_dim, hidden_dim, dropout)
+        if cnn:
+            self.image_net = nn.Sequential(cnn, *self.image_net)
         self.text_net = mlp(text_dim, hidden_dim, dropout)
         self.image_hash = nn.Sequential(nn.Linear(hidden_dim // 4, bit), nn.Tanh())
         self.text_hash = nn.Sequential(nn.Linear(hidden_dim // 4, bit), nn.Tanh())

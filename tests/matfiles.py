@@ -49,3 +49,37 @@ def small_dataset(n=300, image_dim=64, text_dim=40, num_label=6, seed=0):
     words = rng.random((num_label, text_dim)) < 0.2
     text = ((labels @ words) > 0) ^ (rng.random((n, text_dim)) < 0.05)
     return images, text.astype(np.uint8), labels
+
+
+def write_vgg_f(path, widths, seed=0):
+    """A MatConvNet model file with the structure of imagenet-vgg-f.mat (a cell array of layer
+    structs, weights as {W, b} with W stored H x W x In x Out, and `normalization.averageImage`),
+    random weights and the layer widths given (CNN-F's are 64, 256, 256, 256, 256, 4096, 4096)."""
+    rng = np.random.default_rng(seed)
+    kernels = {'conv1': 11, 'conv2': 5, 'conv3': 3, 'conv4': 3, 'conv5': 3, 'fc6': 6, 'fc7': 1}
+    layers, c_in = [], 3
+    for (name, k), c_out in zip(kernels.items(), widths):
+        weights = np.empty((1, 2), dtype=object)
+        weights[0, 0] = (rng.standard_normal((k, k, c_in, c_out)) / np.sqrt(k * k * c_in)).astype(np.float32)
+        weights[0, 1] = (0.01 * rng.standard_normal((c_out, 1))).astype(np.float32)
+        layers += [{'name': name, 'type': 'conv', 'weights': weights},
+                   {'name': f'relu{len(layers) // 2 + 1}', 'type': 'relu', 'weights': np.empty((0, 0))}]
+        c_in = c_out
+    cells = np.empty((1, len(layers)), dtype=object)
+    for i, layer in enumerate(layers):
+        cells[0, i] = layer
+    average = rng.uniform(100, 130, (224, 224, 3)).astype(np.float32)
+    scipy.io.savemat(path, {'layers': cells, 'normalization': {
+        'averageImage': average, 'keepAspect': 1, 'imageSize': np.array([224, 224, 3.0])}})
+    return average
+
+
+def raw_image_dataset(n=48, text_dim=40, num_label=6, seed=0):
+    """uint8 N x 3 x 224 x 224 images whose colours follow the labels, with text and labels as in
+    small_dataset."""
+    rng = np.random.default_rng(seed)
+    _, text, labels = small_dataset(n, 8, text_dim, num_label, seed)
+    colours = rng.uniform(0, 200, (num_label, 3))
+    base = labels @ colours / labels.sum(1, keepdims=True)
+    images = base[:, :, None, None] + rng.uniform(0, 55, (n, 3, 224, 224))
+    return images.astype(np.uint8), text, labels

@@ -131,12 +131,18 @@ def test_help_lists_every_option_with_its_default():
     result = run_main('help')
     assert result.returncode == 0
     for option, default in (('batch_size', '128'), ('lr', '5e-05'), ('valid_freq', '1'),
-                            ('lamb', '1'), ('alpha', '10'), ('gamma', '1'), ('beta', '1'),
+                            ('lamb', '1.0'), ('alpha', '10.0'), ('gamma', '1.0'), ('beta', '1.0'),
                             ('mu', '1e-05'), ('margin', '0.4'), ('max_epoch', '300'),
                             ('vis_env', "'main'"), ('device', "'cuda:0'"), ('dropout', 'False'),
                             ('hidden_dim', '8192'), ('seed', '0'),
                             ('checkpoint_dir', "'checkpoints'"), ('bit', '64')):
         assert re.search(rf'--{option}\s+{re.escape(default)}\s+\S', result.stdout), option
+    # AGAH's own options, and its defaults of the shared ones (SPEC-AGAH "Defaults").
+    for option, default in (('emb_dim', '512'), ('eta', '1.0'), ('lambd', '0.8'),
+                            ('data_enhance', 'False')):
+        assert re.search(rf'--{option}\s+{re.escape(default)}\s+\S', result.stdout), option
+    assert ("'lr': 0.0001, 'valid_freq': 20, 'alpha': 1.0, 'beta': 0.0, 'gamma': 0.001, 'mu': 1.0, "
+            "'margin': 0.3") in result.stdout
 
 
 @pytest.mark.parametrize('args, message', [
@@ -145,7 +151,9 @@ def test_help_lists_every_option_with_its_default():
     (['--flag', 'coco'], r"--flag must be one of mir, nus, demo, got 'coco'"),
     (['--device', 'tpu'], r"--device must be 'cpu' or 'cuda\[:N\]', got 'tpu'"),
     (['--data_path', 'no/such/file.mat', '--device', 'cpu'], r'no/such/file.mat: no such file'),
-    (['--emb_dim', '512'], r'--emb_dim is an option of --model agah'),
+    (['--emb_dim', '512'], r'--emb_dim is an option of --model agah, not of --model dadh'),
+    (['--model', 'agah', '--lamb', '2'], r'--lamb is an option of --model dadh, not of --model agah'),
+    (['--model', 'dcmh'], r"--model must be one of dadh, agah, got 'dcmh'"),
 ])
 def test_bad_options_end_in_one_line(tmp_path, args, message):
     result = run_main('train', '--checkpoint_dir', tmp_path, '--vis_env', 'None', *args)

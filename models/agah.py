@@ -1,0 +1,181 @@
+"""AGAH (Gu et al., ICMR 2019; SPEC-AGAH.md): its networks, optimisers, one training step per batch and
+the per-epoch code-map and feature-map updates, behind the entry points main.py drives (see dadh.py).
+"""
+import functools
+
+import torch
+from torch import nn
+
+from models.codes import update_code_map, update_feature_map
+from models.losses import agah_loss, critic_loss
+from datasets.data_handler import read_rows
+from utils.checkpoint import atomic_save, load_file, load_module
+from utils.errors import UserError
+from utils.progress import bar
+
+FEATURE_MAP_FILE = 'feature_map.pth'
+
+
+def normalise_batch(f):
+    """f / ‖f‖ with ONE norm over the whole batch tensor, held constant (SPEC-AGAH)."""
+    return f / f.detach().norm()
+
+
+def critic(emb_dim):
+    return nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.ReLU(inplace=True), nn.Linear(emb_dim, 256),
+                         nn.ReLU(inplace=True), nn.Linear(256, 1))
+
+
+class AGAHNet(nn.Module):
+    """Image and text nets to e = emb_dim, label-feature-map attention, tanh hash heads and
+    classifiers (logits) per modality. `cnn` (CNN-F to fc7) goes first on raw images; without it
+    the image features are taken as CNN-F's fc7 already applied."""
+
+    def __init__(self, image_dim, text_dim, emb_dim, bit, num_label, lambd, cnn=None):
+        super().__init__()
+        image_layers = [nn.Linear(cnn.out_dim if cnn else image_dim, emb_dim), nn.ReLU(inplace=True)]
+        self.image_net = nn.Sequential(*([cnn] if cnn else []), *image_layers)
+        self.text_net = nn.Sequential(nn.Linear(text_dim, 8192), nn.ReLU(inplace=True),
+                                      nn.Linear(8192, 4096), nn.ReLU(inplace=True),
+                                      nn.Linear(4096, emb_dim), nn.ReLU(inplace=True))
+        self.image_hash = nn.Sequential(nn.Linear(emb_dim, bit), nn.Tanh())
+        self.text_hash = nn.Sequential(nn.Linear(emb_dim, bit), nn.Tanh())
+        self.image_classifier = nn.Linear(emb_dim, num_label)
+        self.text_classifier = nn.Linear(emb_dim, num_label)
+        self.lambd = lambd
+
+    def attend(self, f, feature_map):
+        """f̂ = λf + (1 − λ)(aF) / Σ_k a_k with a = σ(5 fFᵀ)."""
+        a = torch.sigmoid(5 * f @ feature_map.T)
+        return self.lambd * f + (1 - self.lambd) * (a @ feature_map) / a.sum(dim=1, keepdim=True)
+
+    def image_pass(self, images, feature_map):
+        """(f, h, classifier logits) of an image batch."""
+        f = normalise_batch(self.image_net(images))
+        f_hat = self.attend(f, feature_map)
+        return f, self.image_hash(f_hat), self.image_classifier(f_hat)
+
+    def text_pass(self, text, feature_map):
+        f = normalise_batch(self.text_net(text))
+        f_hat = self.attend(f, feature_map)
+        return f, self.text_hash(f_hat), self.text_classifier(f_hat)
+
+
+class AGAH:
+    MODEL_FILE = 'AGAH_module.pth'
+    SUBTRACT_AVERAGE_IMAGE = False  # AGAH feeds raw pixel values to CNN-F
+
+    def __init__(self, cfg, num_train, device, cnn=None):
+        if cnn is None:
+            print('--model agah on image features: CNN-F is taken as already applied and frozen '
+                  '(an approximation: the published model fine-tunes it on raw images)')
+        self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
+        self.eta, self.mu, self.margin = cfg.eta, cfg.mu, cfg.margin
+        self.batch_size = cfg.batch_size
+        self.net = AGAHNet(cfg.image_dim, cfg.text_dim, cfg.emb_dim, cfg.bit, cfg.num_label,
+                           cfg.lambd, cnn).to(device)
+        self.image_critic, self.text_critic = critic(cfg.emb_dim).to(device), critic(cfg.emb_dim).to(device)
+        self.image_critic_opt, self.text_critic_opt = (
+            torch.optim.Adamax(c.parameters(), lr=cfg.lr * 10, betas=(0.5, 0.9), weight_decay=1e-4)
+            for c in (self.image_critic, self.text_critic))
+        rest = [p for name, p in self.net.named_parameters() if not name.startswith('image_net.')]
+        self.gen_opt = torch.optim.Adamax([{'params': self.net.image_net.parameters(), 'lr': cfg.lr},
+                                           {'params': rest, 'lr': cfg.lr * 10}], weight_decay=5e-4)
+        # The latest features and outputs of every training sample, the label feature map F and
+        # the code map M (SPEC-AGAH "Per-epoch updates").
+        e, bit, K = cfg.emb_dim, cfg.bit, cfg.num_label
+        self.F_i, self.F_t = (torch.randn(num_train, e, device=device) for _ in range(2))
+        self.H_i, self.H_t = (torch.randn(num_train, bit, device=device) for _ in range(2))
+        self.feature_map = torch.randn(K, e, device=device)
+        self.code_map = torch.sign(torch.randn(K, bit, device=device))
+        self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                                          enabled=cfg.amp == 'bf16')
+        for option in ('compile', 'cuda_graph'):
+            if getattr(cfg, option):
+                print(f'--{option} is not used by --model agah')
+
+    @property
+    def lr(self):
+        return float(self.gen_opt.param_groups[0]['lr'])
+
+    def train_step(self, rows, images, text, labels):
+        """One batch: a step of each critic, then one generator step on all six terms."""
+        net = self.net.train()
+        with self.autocast():
+            f_i, h_i, class_i = net.image_pass(images, self.feature_map)
+            f_t, h_t, class_t = net.text_pass(text, self.feature_map)
+        f_i, h_i, class_i, f_t, h_t, class_t = (x.float() for x in (f_i, h_i, class_i, f_t, h_t, class_t))
+        for store, value in ((self.F_i, f_i), (self.F_t, f_t), (self.H_i, h_i), (self.H_t, h_t)):
+            store[rows] = value.detach()
+
+        critic_losses = []
+        for critic_net, opt, real, fake in ((self.text_critic, self.text_critic_opt, f_t, f_i),
+                                            (self.image_critic, self.image_critic_opt, f_i, f_t)):
+            loss = critic_loss(critic_net, real.detach(), fake.detach())
+            opt.zero_grad()  # also drops what the last generator step left here
+            loss.backward()
+            opt.step()
+            critic_losses.append(loss.detach())
+
+        adversarial = -self.text_critic(f_i).mean() - self.image_critic(f_t).mean()
+        total, terms = agah_loss(h_i, h_t, class_i, class_t, labels, self.code_map, adversarial,
+                                 self.margin, self.alpha, self.beta, self.gamma, self.eta, self.mu)
+        self.gen_opt.zero_grad()
+        total.backward()
+        self.gen_opt.step()
+        return {**{k: v.detach() for k, v in terms.items()}, 'critic': sum(critic_losses),
+                'loss': total.detach()}
+
+    def end_epoch(self, epoch, train_labels):
+        """Code map (in place, bit by bit), feature map, then the lr decay after epoch 0, 100, 200."""
+        update_code_map(self.code_map, self.H_i, self.H_t, train_labels)
+        self.feature_map.copy_(update_feature_map(self.F_i, self.F_t, train_labels, self.feature_map))
+        if epoch % 100 == 0:
+            for group in self.gen_opt.param_groups:
+                group['lr'] = max(group['lr'] * 0.6, 1e-6)
+
+    @torch.inference_mode()
+    def encode(self, images, text):
+        """sign(h) of both modalities with the current F, in batches of the training batch size:
+        the whole-batch normalisation makes a code depend on its batch, as in the reference."""
+        self.net.eval()
+        codes = []
+        with self.autocast():
+            for to_outputs, x, name in ((self.net.image_pass, images, 'image codes'),
+                                        (self.net.text_pass, text, 'text codes')):
+                codes.append(torch.cat([
+                    torch.sign(to_outputs(read_rows(x, s, s + self.batch_size), self.feature_map)[1].float())
+                    for s in bar(range(0, len(x), self.batch_size), name)]))
+        return codes
+
+    @staticmethod
+    def is_better(mapi2t, mapt2i, best):
+        """Keep the model when BOTH MAPs reach their best so far (SPEC-AGAH)."""
+        return best is None or (mapi2t >= best[0] and mapt2i >= best[1])
+
+    def save_best(self, run_dir):
+        # F first: the model file is written last, so a model on disk always has its F beside it.
+        atomic_save(self.feature_map, run_dir / FEATURE_MAP_FILE)
+        atomic_save(self.net.state_dict(), run_dir / self.MODEL_FILE)
+
+    def load_best(self, run_dir, device):
+        load_module(self.net, run_dir / self.MODEL_FILE, device)
+        feature_map = load_file(run_dir / FEATURE_MAP_FILE, device, what='label feature map')
+        if not torch.is_tensor(feature_map) or feature_map.shape != self.feature_map.shape:
+            raise UserError(f'{run_dir / FEATURE_MAP_FILE}: expected a tensor of shape '
+                            f'{tuple(self.feature_map.shape)}, found '
+                            f'{getattr(feature_map, "shape", type(feature_map).__name__)}')
+        self.feature_map.copy_(feature_map)
+
+    MODULES = ('net', 'image_critic', 'text_critic', 'gen_opt', 'image_critic_opt', 'text_critic_opt')
+    BUFFERS = ('F_i', 'F_t', 'H_i', 'H_t', 'feature_map', 'code_map')
+
+    def state_dict(self):
+        return {**{name: getattr(self, name).state_dict() for name in self.MODULES},
+                **{name: getattr(self, name) for name in self.BUFFERS}}
+
+    def load_state_dict(self, state):
+        for name in self.MODULES:
+            getattr(self, name).load_state_dict(state[name])
+        for name in self.BUFFERS:
+            getattr(self, name).copy_(state[name])

@@ -1,0 +1,81 @@
+"""CNN-F (VGG-F, Chatfield et al. 2014) up to fc7, with MatConvNet's `imagenet-vgg-f.mat` weights (SPEC §2).
+
+Only raw-image data needs it; the feature pipeline never reads the weight file. The layers' widths
+are read from the file, so a file of the same structure with other widths loads too (the tests
+use small ones); kernel sizes, strides and pads are CNN-F's.
+"""
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+# name: (kernel size, stride, padding) of the convolutional layers; fc6 and fc7 are convolutions too.
+LAYERS = {'conv1': (11, 4, 0), 'conv2': (5, 1, 2), 'conv3': (3, 1, 1), 'conv4': (3, 1, 1),
+          'conv5': (3, 1, 1), 'fc6': (6, 1, 0), 'fc7': (1, 1, 0)}
+
+
+class CNNF(nn.Module):
+    """N x 3 x 224 x 224 images -> N x fc7 features (after ReLU)."""
+
+    def __init__(self, widths, average_image=None):
+        super().__init__()
+        conv = {name: nn.Conv2d(c_in, c_out, k, stride=s, padding=p)
+                for (name, (k, s, p)), c_in, c_out in zip(LAYERS.items(), [3] + widths[:-1], widths)}
+        relu = lambda: nn.ReLU(inplace=True)
+        self.features = nn.Sequential(
+            conv['conv1'], relu(), nn.LocalResponseNorm(size=2, k=2), nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            conv['conv2'], relu(), nn.LocalResponseNorm(size=2, k=2), nn.MaxPool2d(3, stride=2),
+            conv['conv3'], relu(), conv['conv4'], relu(), conv['conv5'], relu(),
+            nn.MaxPool2d(3, stride=2),
+            conv['fc6'], relu(), conv['fc7'], relu())
+        self.convs = conv
+        self.out_dim = widths[-1]
+        self.register_buffer('average_image', None if average_image is None
+                             else torch.as_tensor(average_image, dtype=torch.float32))
+
+    def forward(self, images):
+        if self.average_image is not None:
+            images = images - self.average_image
+        return self.features(images).flatten(1)
+
+    @classmethod
+    def from_matconvnet(cls, path, subtract_mean=True):
+        """Load `imagenet-vgg-f.mat`. MatConvNet's arrays are axis-reversed as the reference does
+        (numpy .transpose()): weights H x W x In x Out become Out x In x W x H, the average image
+        H x W x 3 becomes 3 x W x H, matching images read from v7.3 files (SPEC §2)."""
+        import scipy.io
+        if not os.path.isfile(path):
+            raise UserError(f'{path}: no such file (the CNN-F weights imagenet-vgg-f.mat are needed '
+                            'for raw-image data: set --pretrain_model_path)')
+        try:
+            data = scipy.io.loadmat(path)
+            layers = {str(layer[0][0]['name'][0]): layer[0][0] for layer in data['layers'][0]}
+        except Exception as e:
+            raise UserError(f'{path}: not a MatConvNet model file ({type(e).__name__}: {e})') from None
+        weights = {}
+        for name, (kernel, _, _) in LAYERS.items():
+            if name not in layers:
+                raise UserError(f'{path}: no layer {name!r} (found {", ".join(layers)})')
+            W, b = layers[name]['weights'][0][0], layers[name]['weights'][0][1]
+            W = np.asarray(W, dtype=np.float32).transpose()
+            if W.ndim != 4 or W.shape[2:] != (kernel, kernel):
+                raise UserError(f'{path}: layer {name} has weights of shape {W.shape[::-1]}, '
+                                f'expected {kernel} x {kernel} x In x Out')
+            weights[name] = W, np.asarray(b, dtype=np.float32).reshape(-1)
+        widths = [weights[name][0].shape[0] for name in LAYERS]
+        for (name, (W, _)), c_in in zip(weights.items(), [3] + widths[:-1]):
+            if W.shape[1] != c_in:
+                raise UserError(f'{path}: layer {name} takes {W.shape[1]} channels, but the layer '
+                                f'before gives {c_in}')
+        average = (np.asarray(data['normalization'][0][0][0], dtype=np.float32).transpose()
+                   if subtract_mean else None)
+        model = cls(widths, average)
+        with torch.no_grad():
+            for name, (W, b) in weights.items():
+                model.convs[name].weight.copy_(torch.from_numpy(W))
+                model.convs[name].bias.copy_(torch.from_numpy(b))
+        return model

@@ -1,0 +1,67 @@
+"""CNN-F and its MatConvNet weight loader, on a small file of imagenet-vgg-f.mat's structure."""
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from models.cnn_f import CNNF
+from tests.matfiles import write_vgg_f
+from utils.errors import UserError
+
+WIDTHS = [8, 16, 16, 16, 16, 32, 24]
+
+
+def test_weights_are_axis_reversed_into_the_layers(tmp_path):
+    path = tmp_path / 'vgg-f.mat'
+    average = write_vgg_f(path, WIDTHS)
+    cnn = CNNF.from_matconvnet(path)
+    layers = scipy.io.loadmat(path)['layers'][0]
+    conv2 = next(layer[0][0] for layer in layers if layer[0][0]['name'][0] == 'conv2')
+    W = conv2['weights'][0][0]  # 5 x 5 x 8 x 16 (H x W x In x Out)
+    assert cnn.convs['conv2'].weight.shape == (16, 8, 5, 5)
+    assert torch.equal(cnn.convs['conv2'].weight, torch.from_numpy(W.transpose()))
+    assert torch.equal(cnn.convs['conv2'].bias, torch.from_numpy(conv2['weights'][0][1].ravel()))
+    assert torch.equal(cnn.average_image, torch.from_numpy(average.transpose()))  # 3 x W x H
+    assert cnn.out_dim == 24
+
+
+def test_forward_subtracts_the_average_image_only_when_asked(tmp_path):
+    path = tmp_path / 'vgg-f.mat'
+    write_vgg_f(path, WIDTHS)
+    with_mean, without_mean = CNNF.from_matconvnet(path), CNNF.from_matconvnet(path, subtract_mean=False)
+    assert without_mean.average_image is None
+    images = torch.rand(2, 3, 224, 224) * 255
+    out = with_mean(images)
+    assert out.shape == (2, 24) and (out >= 0).all()  # fc7 after its ReLU
+    torch.testing.assert_close(out, without_mean(images - with_mean.average_image))
+    assert not torch.allclose(out, without_mean(images))
+
+
+def test_spatial_sizes_follow_cnn_f():
+    # 224 -> conv1 54 -> pad 55 -> pool 28 -> conv2 28 -> pool 13 -> conv3..5 13 -> pool 6 -> fc6 1
+    cnn = CNNF([64, 256, 256, 256, 256, 4096, 4096])
+    sizes = []
+    x = torch.zeros(1, 3, 224, 224)
+    with torch.no_grad():
+        for layer in cnn.features:
+            x = layer(x)
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+                sizes.append(x.shape[-1])
+    assert sizes == [54, 28, 28, 13, 13, 13, 13, 6, 1, 1]
+    # conv1..conv5, fc6 (4096 x 256 x 6 x 6) and fc7, with biases
+    assert sum(p.numel() for p in cnn.parameters()) == (23_296 + 409_856 + 3 * 590_080 + 37_752_832
+                                                         + 16_781_312)
+
+
+def test_missing_or_wrong_files_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match=r'no such file .*--pretrain_model_path'):
+        CNNF.from_matconvnet(tmp_path / 'none.mat')
+    scipy.io.savemat(tmp_path / 'other.mat', {'x': np.zeros(3)})
+    with pytest.raises(UserError, match='not a MatConvNet model file'):
+        CNNF.from_matconvnet(tmp_path / 'other.mat')
+    write_vgg_f(tmp_path / 'bad.mat', [8, 16, 16, 16, 16, 32, 24])
+    data = {k: v for k, v in scipy.io.loadmat(tmp_path / 'bad.mat').items() if not k.startswith('__')}
+    data['layers'] = data['layers'][:, 2:]  # drop conv1 and relu1
+    scipy.io.savemat(tmp_path / 'bad.mat', data)
+    with pytest.raises(UserError, match="no layer 'conv1'"):
+        CNNF.from_matconvnet(tmp_path / 'bad.mat')
