@@ -108,7 +108,7 @@ class AGAH:
         for store, value in ((self.F_i, f_i), (self.F_t, f_t), (self.H_i, h_i), (self.H_t, h_t)):
             store[rows] = value.detach()
 
-        critic_losses = []
+        critic_losses = []  # the critics step first, as DADH's discriminators do
         for critic_net, opt, real, fake in ((self.text_critic, self.text_critic_opt, f_t, f_i),
                                             (self.image_critic, self.image_critic_opt, f_i, f_t)):
             loss = critic_loss(critic_net, real.detach(), fake.detach())
@@ -131,7 +131,7 @@ class AGAH:
         update_code_map(self.code_map, self.H_i, self.H_t, train_labels)
         self.feature_map.copy_(update_feature_map(self.F_i, self.F_t, train_labels, self.feature_map))
         if epoch % 100 == 0:
-            for group in self.gen_opt.param_groups:
+            for group in self.gen_opt.param_groups:  # the image group and the rest
                 group['lr'] = max(group['lr'] * 0.6, 1e-6)
 
     @torch.inference_mode()

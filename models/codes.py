@@ -17,7 +17,7 @@ def update_code_map(M, H_i, H_t, L):
     K, bit = M.shape
     U, V = torch.sign(H_i), torch.sign(H_t)
     S = 2 * torch.eye(K, dtype=M.dtype, device=M.device) - 1
-    Q = 2 * bit * (L.T @ (U + V) + S @ M)
+    Q = 2 * bit * (L.T @ (U + V) + S @ M)  # once, from the M before this update
     for k in range(bit):
         rest = [j for j in range(bit) if j != k]
         M_, U_, V_ = M[:, rest], U[:, rest], V[:, rest]

@@ -191,3 +191,34 @@ def test_agah_on_a_feature_file_with_data_enhance(tmp_path):
     # test reloads model and F and reproduces the last best validation.
     best = re.findall(r'MAP\(i->t\) (\d\.\d{4}), MAP\(t->i\) (\d\.\d{4}) \(best: saved\)', train.stdout)[-1]
     assert MAP_LINE.search(test.stdout).groups() == best
+
+
+def test_agah_state_dict_continues_exactly():
+    import copy
+    import config
+    from models.agah import AGAH
+    cfg = config.parse({'model': 'agah', 'image_dim': 64, 'text_dim': 40, 'num_label': 6,
+                        'emb_dim': 32, 'bit': 16, 'batch_size': 16, 'device': 'cpu'})
+    images, text, labels = (torch.from_numpy(x).float() for x in small_dataset(n=32))
+    cpu = torch.device('cpu')
+    torch.manual_seed(0)
+    first = AGAH(cfg, 32, cpu)
+    for rows in (torch.arange(16), torch.arange(16, 32)):
+        first.train_step(rows, images[rows], text[rows], labels[rows])
+    first.end_epoch(0, labels)
+    state = copy.deepcopy(first.state_dict())
+    torch.manual_seed(1)
+    second = AGAH(cfg, 32, cpu)
+    second.load_state_dict(state)
+    assert second.lr == pytest.approx(1e-4 * 0.6)  # the decay after epoch 0 came along
+    rows = torch.arange(8, 24)
+    losses = []
+    for method in (first, second):
+        torch.manual_seed(2)  # the gradient penalty's interpolation draws
+        losses.append(method.train_step(rows, images[rows], text[rows], labels[rows]))
+        method.end_epoch(1, labels)
+    assert all(torch.equal(losses[0][k], losses[1][k]) for k in losses[0])
+    for name, value in first.state_dict()['net'].items():
+        assert torch.equal(value, second.state_dict()['net'][name]), name
+    assert torch.equal(first.code_map, second.code_map)
+    assert torch.equal(first.feature_map, second.feature_map)
