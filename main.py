@@ -426,7 +426,7 @@ def plot(**options):
     """PNG figures of a run (MAP curves with the loss, precision-recall, precision@K)."""
     from utils.plot import plot_run
     cfg = config.parse(options)
-    for path in plot_run(run_dir(cfg), cfg.dataset, cfg.bit):
+    for path in plot_run(run_dir(cfg), cfg.model, cfg.dataset, cfg.bit):
         print(f'wrote {path}')
 
 

@@ -12,6 +12,7 @@ from models.codes import update_code_map, update_feature_map
 from models.losses import agah_loss, critic_loss, plain_triplet_loss
 from tests.matfiles import raw_image_dataset, small_dataset, write_v7, write_v73, write_vgg_f
 from tests.test_main import MAP_LINE, run_main
+from utils.errors import UserError
 
 R = 1 / math.sqrt(2)
 
@@ -130,6 +131,19 @@ def test_raw_images_are_read_from_disk_batch_by_batch(tmp_path):
     assert torch.equal(batch, torch.from_numpy(images[[7, 2, 9]]).float())
     assert torch.equal(data.images[4:8].read(), torch.from_numpy(images[4:8]).float())
     assert torch.equal(data.images[4:8][torch.tensor([1])], torch.from_numpy(images[[5]]).float())
+    # The same images in a v7 file (scipy) come out the same way.
+    write_v7(tmp_path / 'raw7.mat', {'images': images.T, 'YAll': text, 'LAll': labels})
+    data7 = load_data(str(tmp_path / 'raw7.mat'), ('images', 'YAll', 'LAll'), 4096, 40, 6)
+    assert torch.equal(data7.images[torch.tensor([7, 2, 9])], batch)
+
+
+def test_raw_images_of_another_size_are_refused(tmp_path):
+    images, text, labels = raw_image_dataset(n=4)
+    write_v73(tmp_path / 'small.mat', {'images': images[:, :, :100, :100].T, 'YAll': text,
+                                       'LAll': labels})
+    with pytest.raises(UserError, match=r'small.mat: images holds images of shape 3 x 100 x 100, '
+                                        r'expected 3 x 224 x 224'):
+        load_data(str(tmp_path / 'small.mat'), ('images', 'YAll', 'LAll'), 4096, 40, 6)
 
 
 AGAH_TINY = ['--model', 'agah', '--bit', '16', '--emb_dim', '32', '--batch_size', '16',

@@ -11,7 +11,7 @@ from utils.errors import UserError
 DIRECTIONS = (('i2t', 'image → text'), ('t2i', 'text → image'))
 
 
-def plot_run(run_dir, dataset, bit):
+def plot_run(run_dir, model, dataset, bit):
     """Write map.png (from history.json), and pr.png and p_at_k.png (from the arrays `test` saves)
     when they are there; return the paths written."""
     try:
@@ -25,7 +25,7 @@ def plot_run(run_dir, dataset, bit):
         raise UserError(f'{run_dir / "history.json"}: no training history here (train first, or '
                         'check --checkpoint_dir, --flag and --bit)')
     history = json.loads((run_dir / 'history.json').read_text())
-    title = f'{dataset}, {bit} bits'
+    title = f'{model.upper()}, {dataset}, {bit} bits'
     written = []
 
     fig, ax = plt.subplots(figsize=(6, 4))
