@@ -375,6 +375,8 @@ def bench(epochs=3, **options):
         ensure_demo(BENCH_FILE, n=20015)
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
+    if splits.raw_images:
+        raise UserError(f'{cfg.data_path}: bench times feature files; this one holds raw images')
     num_train = splits.sizes()['train']
     method = make_method(cfg, splits, device)
     # FLOPs of the generator's matrix products (the discriminators and losses add a few percent):

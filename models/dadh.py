@@ -169,12 +169,14 @@ class DADH:
     def encode(self, images, text, batch_size=4096):
         """sign(h) of both modalities in eval mode (SPEC §2, §7), in large batches."""
         self.gen.eval()
+        # Raw images: CNN-F's activations for 4096 images would take about 10 GB.
+        image_batch = batch_size if torch.is_tensor(images) else 256
         codes = []
         with self.autocast():
-            for to_codes, x, name in ((self.gen.image_codes, images, 'image codes'),
-                                      (self.gen.text_codes, text, 'text codes')):
-                codes.append(torch.cat([to_codes(read_rows(x, s, s + batch_size)).float()
-                                        for s in bar(range(0, len(x), batch_size), name)]))
+            for to_codes, x, name, size in ((self.gen.image_codes, images, 'image codes', image_batch),
+                                            (self.gen.text_codes, text, 'text codes', batch_size)):
+                codes.append(torch.cat([to_codes(read_rows(x, s, s + size)).float()
+                                        for s in bar(range(0, len(x), size), name)]))
         return codes
 
     @staticmethod
