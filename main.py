@@ -95,9 +95,8 @@ def model_file(cfg):
 def load_splits(cfg, device):
     if cfg.flag == 'demo':
         ensure_demo(cfg.data_path)
-    # DADH standardises image features (SPEC §1); AGAH reads them as CNN-F gives them.
     data = load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
-                     standardise_images=cfg.model == 'dadh')
+                     standardise_images=METHODS[cfg.model].STANDARDISE_FEATURES)
     splits = Splits(data, cfg.layout, cfg.query_size, cfg.db_size, cfg.training_size, device)
     sizes = splits.sizes()
     print(f'data: {data.source}: {len(data)} samples; training {sizes["train"]}, '

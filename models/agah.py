@@ -8,6 +8,7 @@ from torch import nn
 
 from models.codes import update_code_map, update_feature_map
 from models.losses import agah_loss, critic_loss
+from models.schedule import decay_lr
 from datasets.data_handler import read_rows
 from utils.checkpoint import atomic_save, load_file, load_module
 from utils.errors import UserError
@@ -63,6 +64,7 @@ class AGAHNet(nn.Module):
 
 class AGAH:
     MODEL_FILE = 'AGAH_module.pth'
+    STANDARDISE_FEATURES = False  # features are read as CNN-F gives them
     SUBTRACT_AVERAGE_IMAGE = False  # AGAH feeds raw pixel values to CNN-F
 
     def __init__(self, cfg, num_train, device, cnn=None):
@@ -130,9 +132,7 @@ class AGAH:
         """Code map (in place, bit by bit), feature map, then the lr decay after epoch 0, 100, 200."""
         update_code_map(self.code_map, self.H_i, self.H_t, train_labels)
         self.feature_map.copy_(update_feature_map(self.F_i, self.F_t, train_labels, self.feature_map))
-        if epoch % 100 == 0:
-            for group in self.gen_opt.param_groups:  # the image group and the rest
-                group['lr'] = max(group['lr'] * 0.6, 1e-6)
+        decay_lr(self.gen_opt, epoch, 0.6)  # the image group and the rest
 
     @torch.inference_mode()
     def encode(self, images, text):

@@ -14,6 +14,7 @@ from models.codes import update_codes
 from models.dis_model import DIS
 from models.gen_model import GEN
 from models.losses import discriminator_loss, generator_loss
+from models.schedule import decay_lr
 from utils.checkpoint import atomic_save, load_module
 from utils.progress import bar
 
@@ -41,6 +42,7 @@ def repeat_bn_update(net, bn_inputs):
 
 class DADH:
     MODEL_FILE = 'GEN_module.pth'
+    STANDARDISE_FEATURES = True  # scalar mean and std over the image feature matrix (SPEC §1)
     SUBTRACT_AVERAGE_IMAGE = True  # CNN-F's input has the file's average image subtracted (SPEC §2)
 
     def __init__(self, cfg, num_train, device, cnn=None):
@@ -157,13 +159,7 @@ class DADH:
     def end_epoch(self, epoch, train_labels):
         """SPEC §5 code update, then the SPEC §6 learning-rate decay (which fires after epoch 0 too)."""
         self.B.copy_(update_codes(train_labels, self.B, self.H_i, self.H_t, self.lamb, self.mu))
-        if epoch % 100 == 0:
-            for group in self.gen_opt.param_groups:
-                lr = max(float(group['lr']) * 0.8, 1e-6)
-                if torch.is_tensor(group['lr']):
-                    group['lr'].fill_(lr)  # in place: a recorded CUDA graph reads this tensor
-                else:
-                    group['lr'] = lr
+        decay_lr(self.gen_opt, epoch, 0.8)
 
     @torch.inference_mode()
     def encode(self, images, text, batch_size=4096):
