@@ -498,7 +498,9 @@ def report(checkpoint_dir='checkpoints', **unknown):
     from utils.report import write_report
     if unknown:
         raise UserError(f'report takes only --checkpoint_dir, got --{next(iter(unknown))}')
-    for path in write_report(Path(checkpoint_dir)):
+    table, written = write_report(Path(checkpoint_dir))
+    print(table)
+    for path in written:
         print(f'wrote {path}')
 
 
