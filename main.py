@@ -229,8 +229,6 @@ def train(**options):
     configure_device(cfg, device)
     out = prepare_run_dir(cfg)
     last = load_last(out, cfg, device) if cfg.resume else None
-    # What test (--tf32, --amp) and report (the options that tell runs apart) read back.
-    atomic_write(out / 'config.json', lambda f: f.write(json.dumps(cfg.options, indent=1).encode()))
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -307,6 +305,10 @@ def train(**options):
                     summary += f' (best on {SELECTION[cfg.select_on]}: saved)'
             if not cfg.valid and epoch + 1 == cfg.max_epoch:
                 method.save_best(out)
+            if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
+                # What test (--tf32, --amp) and report (the options that tell runs apart) read back.
+                atomic_write(out / 'config.json',
+                             lambda f: f.write(json.dumps(cfg.options, indent=1).encode()))
             write_results(out, history)
             if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.max_epoch:
                 atomic_save({'config': cfg.options, 'epoch': epoch + 1, 'method': method.state_dict(),
