@@ -302,7 +302,9 @@ def train(**options):
                     history.update(best=maps[cfg.select_on], best_epoch=epoch + 1,
                                    best_query=maps['query'])
                     method.save_best(out)
-                    summary += f' (best on {SELECTION[cfg.select_on]}: saved)'
+                    # The published protocol's line as it was; the held-out rule names itself.
+                    summary += (' (best: saved)' if cfg.select_on == 'query'
+                                else f' (best on {SELECTION[cfg.select_on]}: saved)')
             if not cfg.valid and epoch + 1 == cfg.max_epoch:
                 method.save_best(out)
             if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
