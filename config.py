@@ -26,6 +26,9 @@ COMMON = {
     'max_epoch': (300, 'training epochs'),
     'valid': (True, 'validate MAP during training and keep the best model'),
     'valid_freq': (1, 'validate every this many epochs'),
+    'select_on': ('query', "model selection: 'query' = best MAP on the test queries (the published "
+                           "protocol), 'valid' = on --valid_size held-out rows"),
+    'valid_size': (2000, '--select_on valid: database rows after the training rows, never trained on'),
     'alpha': (10.0, 'DADH: triplet weight (10 switches on the label weights, SPEC §4.1); AGAH: balance'),
     'beta': (1.0, 'DADH: quantisation weight beta0 (the run uses beta0 + 0.1, SPEC §4.4); AGAH: classification'),
     'gamma': (1.0, 'DADH: adversarial weight; AGAH: code-map weight'),
@@ -51,6 +54,13 @@ COMMON = {
 # Options a resumed run may change; any other difference from last.pth is refused.
 RESUMABLE = {'max_epoch', 'device', 'vis_env', 'vis_port', 'vis_server', 'data_path',
              'checkpoint_dir', 'overwrite', 'resume', 'save_freq', 'map_at'}
+
+# Options that say where a run goes or how it is watched, not what it computes: `report` averages runs
+# that differ only in these (and the seed).
+BOOKKEEPING = {'device', 'vis_env', 'vis_port', 'vis_server', 'data_path', 'pretrain_model_path',
+               'checkpoint_dir', 'overwrite', 'resume', 'save_freq', 'map_at'}
+# Options that change the numbers of a forward pass: `test` takes them from the run (config.json).
+NUMERICS = ('tf32', 'amp')
 
 # Options that only one model reads.
 MODELS = {
@@ -82,7 +92,7 @@ DATASETS = {
     'nus': dict(dataset='nus-wide', data_path='./data/NUS-WIDE-TC21.mat', query_size=2100,
                 db_size=None, text_dim=1000, num_label=21),
     'demo': dict(dataset='demo', data_path='./data/DEMO-FLICKR.mat', db_size=2500, query_size=None,
-                 training_size=2000, text_dim=1386, num_label=24),
+                 training_size=2000, valid_size=500, text_dim=1386, num_label=24),
 }
 LAYOUTS = {'mir': 'query_last', 'nus': 'query_first', 'demo': 'query_last'}
 # AGAH's published code splits MIRFlickr with the queries first (SPEC-AGAH "Data and split").
@@ -90,7 +100,7 @@ MODEL_SPLITS = {('agah', 'mir'): (dict(query_size=2000, db_size=18015), 'query_f
 KEYS = {'mir': ('images', 'YAll', 'LAll'), 'nus': ('image', 'text', 'label'),
         'demo': ('images', 'YAll', 'LAll')}
 
-# The demo's smaller model, so that `train --flag demo` ends in about two minutes on 2 cores.
+# The demo's smaller model, so that `train --flag demo` trains in about 20 s on 2 cores.
 DEMO = {
     'dadh': dict(hidden_dim=1024, bit=32, max_epoch=20, lr=1e-4),
     'agah': dict(bit=32, max_epoch=20, valid_freq=5),
@@ -170,10 +180,15 @@ def parse(options):
                                    else known[name][0])
     if values['amp'] not in (None, 'bf16'):
         raise UserError(f"--amp must be bf16 or None, got {values['amp']!r}")
+    if values['select_on'] not in ('query', 'valid'):
+        raise UserError(f"--select_on must be query or valid, got {values['select_on']!r}")
+    if values['select_on'] == 'valid' and not values['valid']:
+        raise UserError('--select_on valid chooses among validated epochs: it needs --valid True')
     if values['vis_env'] in ('', 'None'):
         values['vis_env'] = None
 
-    for name in ('bit', 'batch_size', 'max_epoch', 'valid_freq', 'save_freq', 'training_size', 'image_dim',
+    for name in ('bit', 'batch_size', 'max_epoch', 'valid_freq', 'save_freq', 'training_size',
+                 'valid_size', 'image_dim',
                  'text_dim', 'num_label') + {'dadh': ('hidden_dim',), 'agah': ('emb_dim',)}[model]:
         if values[name] <= 0:
             raise UserError(f'--{name} must be positive, got {values[name]}')
@@ -199,6 +214,8 @@ def usage():
         '  plot    PNG figures of a run: MAP curves, precision-recall, precision@K',
         '  visdom  start a visdom server on 127.0.0.1 that needs no internet (--port, --env_path)',
         '  bench   time training epochs and a validation (--epochs N, any train option)',
+        '  report  the table of every tested run under --checkpoint_dir (mean ± std over seeds),',
+        '          beside the published numbers, as Markdown and CSV, with MAP and PR figures',
         '  help    this text',
         '',
         'options shared by every model (default, meaning):',

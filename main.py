@@ -26,6 +26,7 @@ from datasets.demo import ensure_demo
 from models.agah import AGAH
 from models.cnn_f import CNNF
 from models.dadh import DADH
+from models.published import model_path
 from utils import calc_map_k, p_top_k, pr_curve
 from utils.checkpoint import atomic_pickle, atomic_save, atomic_write, load_file
 from utils.metrics import P_AT_K
@@ -75,10 +76,11 @@ def resolve_device(name):
 
 
 def configure_device(cfg, device):
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-    elif cfg.tf32:
+    # Set on every device, so that the process-wide flags always say what a run used (cuDNN's
+    # default is TF32 on: a test left at it would not compute the codes its train validated).
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    if cfg.tf32 and device.type != 'cuda':
         warn('--tf32 only acts on CUDA devices')
 
 
@@ -89,7 +91,14 @@ def run_dir(cfg):
 
 
 def model_file(cfg):
-    return run_dir(cfg) / METHODS[cfg.model].MODEL_FILE
+    return model_path(METHODS[cfg.model], run_dir(cfg))
+
+
+def run_options(out):
+    """The options the run in `out` was trained with (its config.json), or None for a folder that
+    has none (a model of the published code, or of an older version)."""
+    path = out / 'config.json'
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_splits(cfg, device):
@@ -97,9 +106,12 @@ def load_splits(cfg, device):
         ensure_demo(cfg.data_path)
     data = load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
                      standardise_images=METHODS[cfg.model].STANDARDISE_FEATURES)
-    splits = Splits(data, cfg.layout, cfg.query_size, cfg.db_size, cfg.training_size, device)
+    splits = Splits(data, cfg.layout, cfg.query_size, cfg.db_size, cfg.training_size, device,
+                    cfg.valid_size if cfg.select_on == 'valid' else None)
     sizes = splits.sizes()
-    print(f'data: {data.source}: {len(data)} samples; training {sizes["train"]}, '
+    held_out = (f', held-out {sizes["held_out"]} (rows [{splits.held_out.start}, '
+                f'{splits.held_out.stop}), never trained on)' if splits.held_out else '')
+    print(f'data: {data.source}: {len(data)} samples; training {sizes["train"]}{held_out}, '
           f'query {sizes["query"]}, database {sizes["database"]}')
     return splits
 
@@ -125,9 +137,17 @@ def retrieval_pairs(method, splits):
 
 
 def evaluate(method, splits):
-    """MAP image->text and text->image over the whole database."""
+    """{'query': (MAP image->text, MAP text->image) of the queries over the whole database}, and with
+    held-out rows 'valid': theirs over the rest of the database. The held-out rows are database
+    rows, so their codes are the database's own (one encoding serves both)."""
     pairs = retrieval_pairs(method, splits)
-    return calc_map_k(*pairs['i2t']), calc_map_k(*pairs['t2i'])
+    maps = {'query': (calc_map_k(*pairs['i2t']), calc_map_k(*pairs['t2i']))}
+    if splits.held_out:
+        held, rest = splits.held_out_positions()
+        db_image, db_text, db_labels = pairs['t2i'][1], pairs['i2t'][1], pairs['i2t'][3]
+        maps['valid'] = (calc_map_k(db_image[held], db_text[rest], db_labels[held], db_labels[rest]),
+                         calc_map_k(db_text[held], db_image[rest], db_labels[held], db_labels[rest]))
+    return maps
 
 
 def prepare_run_dir(cfg):
@@ -157,8 +177,10 @@ def load_last(out, cfg, device):
     """last.pth, refused when it was made with options that a resumed run must keep."""
     state = load_file(out / LAST_FILE, device, what='checkpoint')
     saved = state.get('config', {}) if isinstance(state, dict) else {}
-    differences = [f'{k} {saved.get(k)!r} (now {v!r})' for k, v in cfg.options.items()
-                   if k not in config.RESUMABLE and saved.get(k) != v]
+    # An option newer than the file was at its default in that run.
+    defaults = config.parse({'model': cfg.model, 'flag': cfg.flag}).options
+    differences = [f'{k} {saved.get(k, defaults[k])!r} (now {v!r})' for k, v in cfg.options.items()
+                   if k not in config.RESUMABLE and saved.get(k, defaults[k]) != v]
     if differences:
         raise UserError(f'--resume: {out / LAST_FILE} was made with other options: '
                         f'{", ".join(differences)}')
@@ -215,13 +237,21 @@ def train(**options):
         print(f'data_enhance: {splits.sizes()["train"]} training samples with the mixed ones')
     num_train = splits.sizes()['train']
     method = make_method(cfg, splits, device)
+    # mapi2t/mapt2i: the queries' MAPs; valid_*: the held-out rows' (--select_on valid). 'best' is
+    # the best pair on the rows that select, 'best_query' the queries' MAPs of that epoch.
     history = {'epoch': [], 'loss': [], 'lr': [], 'seconds': [], 'valid_epoch': [], 'mapi2t': [],
-               'mapt2i': [], 'best': None}
+               'mapt2i': [], 'valid_mapi2t': [], 'valid_mapt2i': [], 'select_on': cfg.select_on,
+               'best': None, 'best_epoch': None, 'best_query': None}
     start_epoch = saved_epoch = 0
     if last:
         method.load_state_dict(last['method'])
         set_rng_state(last['rng'], shuffle)
-        history, start_epoch = last['history'], last['epoch']
+        history.update(last['history'])
+        if history['best'] and not history['best_epoch']:  # a last.pth older than best_epoch
+            pairs = list(zip(history['mapi2t'], history['mapt2i']))
+            history.update(best_epoch=history['valid_epoch'][pairs.index(tuple(history['best']))],
+                           best_query=history['best'])
+        start_epoch = last['epoch']
         saved_epoch = start_epoch
         print(f'resuming {out / LAST_FILE}: {start_epoch} epochs done')
     vis = Visualizer(cfg.vis_env, cfg.vis_server, cfg.vis_port, out / 'visdom.log')
@@ -255,20 +285,32 @@ def train(**options):
             vis.plot('lr', epoch + 1, method.lr)
 
             if cfg.valid and (epoch + 1) % cfg.valid_freq == 0:
-                mapi2t, mapt2i = evaluate(method, splits)
+                maps = evaluate(method, splits)
                 if stop.requested:
                     stop_training(stop.signum, out, epoch, saved_epoch)
+                mapi2t, mapt2i = maps['query']
                 for key, value in (('valid_epoch', epoch + 1), ('mapi2t', mapi2t), ('mapt2i', mapt2i)):
                     history[key].append(value)
                 summary += f', MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f}'
                 vis.plot('mapi2t', epoch + 1, mapi2t)
                 vis.plot('mapt2i', epoch + 1, mapt2i)
-                if method.is_better(mapi2t, mapt2i, history['best']):
-                    history['best'] = (mapi2t, mapt2i)
+                if 'valid' in maps:
+                    history['valid_mapi2t'].append(maps['valid'][0])
+                    history['valid_mapt2i'].append(maps['valid'][1])
+                    summary += f', held-out MAP {maps["valid"][0]:.4f} / {maps["valid"][1]:.4f}'
+                if method.is_better(*maps[cfg.select_on], history['best']):
+                    history.update(best=maps[cfg.select_on], best_epoch=epoch + 1,
+                                   best_query=maps['query'])
                     method.save_best(out)
-                    summary += ' (best: saved)'
+                    # The published protocol's line as it was; the held-out rule names itself.
+                    summary += (' (best: saved)' if cfg.select_on == 'query'
+                                else f' (best on {SELECTION[cfg.select_on]}: saved)')
             if not cfg.valid and epoch + 1 == cfg.max_epoch:
                 method.save_best(out)
+            if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
+                # What test (--tf32, --amp) and report (the options that tell runs apart) read back.
+                atomic_write(out / 'config.json',
+                             lambda f: f.write(json.dumps(cfg.options, indent=1).encode()))
             write_results(out, history)
             if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.max_epoch:
                 atomic_save({'config': cfg.options, 'epoch': epoch + 1, 'method': method.state_dict(),
@@ -276,9 +318,19 @@ def train(**options):
                 saved_epoch = epoch + 1
             print(summary, flush=True)
 
-    if history['best']:
-        print(f"...training done: best MAP(i->t): {history['best'][0]:.4f}, "
-              f"MAP(t->i): {history['best'][1]:.4f}; model in {model_file(cfg)}")
+    if not cfg.valid:  # as the published code: evaluate the final model once, at the end
+        history['final'] = evaluate(method, splits)['query']
+        write_results(out, history)
+        print(f"...training done: final MAP(i->t): {history['final'][0]:.4f}, "
+              f"MAP(t->i): {history['final'][1]:.4f}; model in {model_file(cfg)}")
+    elif history['best']:
+        mapi2t, mapt2i = history['best_query']
+        print(f"...training done: best MAP(i->t): {mapi2t:.4f}, MAP(t->i): {mapt2i:.4f}, epoch "
+              f"{history['best_epoch']} chosen on {SELECTION[cfg.select_on]}; model in {model_file(cfg)}")
+
+
+# How the kept model was chosen, in the printed lines and the report.
+SELECTION = {'query': 'the test queries', 'valid': 'the held-out rows'}
 
 
 def write_results(out, history):
@@ -312,6 +364,12 @@ def test(**options):
     if not model_file(cfg).is_file():
         raise UserError(f'{model_file(cfg)}: no trained model here (train first, or check '
                         '--checkpoint_dir, --flag and --bit)')
+    trained = run_options(out) or {}
+    for name in config.NUMERICS:  # compute the codes as train validated them
+        if name in trained and trained[name] != getattr(cfg, name):
+            print(f'--{name} {trained[name]}, as the run was trained ({out / "config.json"})')
+            setattr(cfg, name, trained[name])
+    configure_device(cfg, device)
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
     method = make_method(cfg, splits, device)
@@ -326,16 +384,23 @@ def test(**options):
                               **{f'p@{k}': float(p) for k, p in zip(P_AT_K, p_at_k)}}
         atomic_write(out / f'pr_{direction}.npy', lambda f: np.save(f, np.stack([precision, recall])))
         atomic_write(out / f'p_at_k_{direction}.npy', lambda f: np.save(f, np.stack([P_AT_K, p_at_k])))
+    history = json.loads((out / 'history.json').read_text()) if (out / 'history.json').is_file() else {}
+    # The rule that chose the model: 'query', 'valid', or 'final' (the last epoch, --valid False).
+    selection = trained.get('select_on', 'query') if trained.get('valid', True) else 'final'
     report = {'dataset': cfg.dataset, 'model': cfg.model, 'bit': cfg.bit,
               'checkpoint': str(model_file(cfg)), 'date': datetime.now().isoformat(timespec='seconds'),
               'query_size': splits.sizes()['query'], 'database_size': splits.sizes()['database'],
-              **figures}
+              'select_on': selection, 'best_epoch': history.get('best_epoch'),
+              'options': trained or cfg.options, **figures}
     atomic_write(out / 'metrics.json', lambda f: f.write(json.dumps(report, indent=2).encode()))
 
     print(f'{"":10}{"i->t":>9}{"t->i":>9}')
     for name in figures['i2t']:
         print(f'{name.upper():10}{figures["i2t"][name]:9.4f}{figures["t2i"][name]:9.4f}')
     print(f'metrics, precision-recall and precision@K arrays written to {out}')
+    if selection != 'final' and history.get('best_epoch'):
+        print(f"model: epoch {history['best_epoch']}, chosen on {SELECTION[selection]} "
+              f"(--select_on {selection})")
     print(f"...test MAP: MAP(i->t): {figures['i2t']['map']:.4f}, MAP(t->i): {figures['t2i']['map']:.4f}")
 
 
@@ -401,7 +466,7 @@ def bench(epochs=3, **options):
         seconds.append(time.perf_counter() - start)
         print(f'epoch {epoch + 1}: {seconds[-1]:.2f} s', flush=True)
     start = time.perf_counter()
-    mapi2t, mapt2i = evaluate(method, splits)
+    mapi2t, mapt2i = evaluate(method, splits)['query']
     valid_s = time.perf_counter() - start
     print(f'validation: {valid_s:.2f} s, MAP(i->t) {mapi2t:.4f}, MAP(t->i) {mapt2i:.4f} after '
           f'{epochs} epochs')
@@ -432,6 +497,18 @@ def plot(**options):
 
 
 @cli
+def report(checkpoint_dir='checkpoints', **unknown):
+    """The paper's table over every tested run under --checkpoint_dir, and its figures."""
+    from utils.report import write_report
+    if unknown:
+        raise UserError(f'report takes only --checkpoint_dir, got --{next(iter(unknown))}')
+    table, written = write_report(Path(checkpoint_dir))
+    print(table)
+    for path in written:
+        print(f'wrote {path}')
+
+
+@cli
 def visdom(port=8097, hostname='127.0.0.1', env_path=None):
     """A visdom server that starts offline (no download of web assets)."""
     from utils.visualize import start_server
@@ -445,4 +522,4 @@ def help():
 if __name__ == '__main__':
     reuse_freed_memory()
     fire.Fire({'train': train, 'test': test, 'plot': plot, 'visdom': visdom, 'bench': bench,
-               'help': help})
+               'report': report, 'help': help})

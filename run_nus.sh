@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# DADH on NUS-WIDE with the published settings (lr 1e-5, dropout), then its test: ./run_nus.sh BIT [--option value ...]
+# DADH on NUS-WIDE with the published settings (lr 1e-5, dropout), then its test:
+#   ./run_nus.sh BIT [--seeds 1,2,3] [--option value ...]
+# --seeds trains and tests once per seed, in <checkpoint_dir>/seed<N>/ (see train_test.sh).
 set -euo pipefail
-bit=${1:?usage: ./run_nus.sh BIT [--option value ...]}
+bit=${1:?usage: ./run_nus.sh BIT [--seeds 1,2,3] [--option value ...]}
 shift
-python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
-"$python" main.py train --flag nus --bit "$bit" --lr 1e-5 --dropout True "$@"
-"$python" main.py test --flag nus --bit "$bit" --lr 1e-5 --dropout True "$@"
+exec "$(dirname "$0")/train_test.sh" --flag nus --bit "$bit" --lr 1e-5 --dropout True "$@"

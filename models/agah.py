@@ -8,6 +8,7 @@ from torch import nn
 
 from models.codes import update_code_map, update_feature_map
 from models.losses import agah_loss, critic_loss
+from models.published import agah_state, model_path
 from models.schedule import decay_lr
 from datasets.data_handler import read_rows
 from utils.checkpoint import atomic_save, load_file, load_module
@@ -159,7 +160,7 @@ class AGAH:
         atomic_save(self.net.state_dict(), run_dir / self.MODEL_FILE)
 
     def load_best(self, run_dir, device):
-        load_module(self.net, run_dir / self.MODEL_FILE, device)
+        load_module(self.net, model_path(AGAH, run_dir), device, translate=agah_state)
         feature_map = load_file(run_dir / FEATURE_MAP_FILE, device, what='label feature map')
         if not torch.is_tensor(feature_map) or feature_map.shape != self.feature_map.shape:
             raise UserError(f'{run_dir / FEATURE_MAP_FILE}: expected a tensor of shape '

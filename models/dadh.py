@@ -14,6 +14,7 @@ from models.codes import update_codes
 from models.dis_model import DIS
 from models.gen_model import GEN
 from models.losses import discriminator_loss, generator_loss
+from models.published import dadh_state, model_path
 from models.schedule import decay_lr
 from utils.checkpoint import atomic_save, load_module
 from utils.progress import bar
@@ -184,7 +185,7 @@ class DADH:
         atomic_save(self.gen.state_dict(), run_dir / self.MODEL_FILE)
 
     def load_best(self, run_dir, device):
-        load_module(self.gen, run_dir / self.MODEL_FILE, device)
+        load_module(self.gen, model_path(DADH, run_dir), device, translate=dadh_state)
 
     def state_dict(self):
         return {'gen': self.gen.state_dict(), 'dis': self.dis.state_dict(),

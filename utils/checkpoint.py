@@ -65,11 +65,14 @@ def load_file(path, device, what='checkpoint'):
                         f'{str(e).splitlines()[0] if str(e) else ""})') from None
 
 
-def load_module(module, path, device, what='model'):
-    """Load a state_dict file into `module`, naming the first mismatch if it was made for another shape."""
+def load_module(module, path, device, what='model', translate=None):
+    """Load a state_dict file into `module`, naming the first mismatch if it was made for another
+    shape; `translate(state, module, path)` first maps other names to the module's."""
     state = load_file(path, device, what)
     if not isinstance(state, dict):
         raise UserError(f'{path}: holds a {type(state).__name__}, not the state_dict of a {what}')
+    if translate:
+        state = translate(state, module, path)
     try:
         module.load_state_dict(state)
     except RuntimeError as e:

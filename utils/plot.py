@@ -11,15 +11,21 @@ from utils.errors import UserError
 DIRECTIONS = (('i2t', 'image → text'), ('t2i', 'text → image'))
 
 
-def plot_run(run_dir, model, dataset, bit):
-    """Write map.png (from history.json), and pr.png and p_at_k.png (from the arrays `test` saves)
-    when they are there; return the paths written."""
+def pyplot():
+    """matplotlib.pyplot drawing to files (the Agg backend), or one line saying how to get it."""
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError('`plot` needs matplotlib: pip install matplotlib') from None
+        raise UserError('figures need matplotlib: pip install matplotlib') from None
+    return plt
+
+
+def plot_run(run_dir, model, dataset, bit):
+    """Write map.png (from history.json), and pr.png and p_at_k.png (from the arrays `test` saves)
+    when they are there; return the paths written."""
+    plt = pyplot()
     run_dir = Path(run_dir)
     if not (run_dir / 'history.json').is_file():
         raise UserError(f'{run_dir / "history.json"}: no training history here (train first, or '
@@ -40,7 +46,7 @@ def plot_run(run_dir, model, dataset, bit):
     more = loss_ax.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc='lower right')
     ax.set_title(f'MAP per validated epoch: {title}')
-    written.append(_save(fig, run_dir / 'map.png'))
+    written.append(save_figure(fig, run_dir / 'map.png'))
 
     if all((run_dir / f'pr_{d}.npy').is_file() for d, _ in DIRECTIONS):
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -50,7 +56,7 @@ def plot_run(run_dir, model, dataset, bit):
         ax.set(xlabel='recall', ylabel='precision',
                title=f'Precision-recall (Hamming radius 0..{bit}): {title}')
         ax.legend()
-        written.append(_save(fig, run_dir / 'pr.png'))
+        written.append(save_figure(fig, run_dir / 'pr.png'))
 
     if all((run_dir / f'p_at_k_{d}.npy').is_file() for d, _ in DIRECTIONS):
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -59,12 +65,12 @@ def plot_run(run_dir, model, dataset, bit):
             ax.plot(top, precision, marker='.', label=label)
         ax.set(xlabel='K (top retrieved)', ylabel='precision@K', title=f'Precision@K: {title}')
         ax.legend()
-        written.append(_save(fig, run_dir / 'p_at_k.png'))
+        written.append(save_figure(fig, run_dir / 'p_at_k.png'))
     return written
 
 
-def _save(fig, path):
-    import matplotlib.pyplot as plt
+def save_figure(fig, path):
+    plt = pyplot()
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
     plt.close(fig)
