@@ -19,10 +19,26 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.errors import UserError
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with its gradient: every rank uses the sum, so each input's gradient is
+    the sum of every rank's."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -33,10 +49,10 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        sums = all_reduce_with_grad(torch.cat([x.sum(0), x.new_full((1,), len(x))]))
+        sums = _SumOverRanks.apply(torch.cat([x.sum(0), x.new_full((1,), len(x))]))
         n = sums[-1].detach()
         mean = sums[:-1] / n
-        var = all_reduce_with_grad(((x - mean) ** 2).sum(0)) / n
+        var = _SumOverRanks.apply(((x - mean) ** 2).sum(0)) / n
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
@@ -106,17 +122,17 @@ class World:
         return squares.sqrt().to(f.dtype)
 
     def wrap(self, module, device):
-        """`module` under DDP, its BatchNorm layers over the global batch. Buffers are not broadcast:
+        """`module` under DDP, its BatchNorm layers over the global batch. Buffers are not synchronised:
         the running statistics come from global statistics, so they agree on every rank."""
         if self.size == 1:
             return module
         if device.type == 'cuda':
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            return DistributedDataParallel(module, device_ids=[device], broadcast_buffers=False)
+            return DistributedDataParallel(module, device_ids=[device], forward_sync_buffers=False)
         for layer in module.modules():
             if type(layer) is nn.BatchNorm1d:
                 layer.__class__ = GlobalBatchNorm1d  # same parameters and buffers, global forward
-        return DistributedDataParallel(module, broadcast_buffers=False)
+        return DistributedDataParallel(module, forward_sync_buffers=False)
 
     def agree(self, stop=None, error=None):
         """The same decision on every rank: a UserError on any rank is raised on all (the lowest
