@@ -122,7 +122,7 @@ class World:
         return squares.sqrt().to(f.dtype)
 
     def wrap(self, module, device):
-        """`module` under DDP, its BatchNorm layers over the global batch. Buffers are not synchronised:
+        """`module` under DDP, its BatchNorm layers over the global batch. Buffers are not synced:
         the running statistics come from global statistics, so they agree on every rank."""
         if self.size == 1:
             return module
