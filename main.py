@@ -6,6 +6,7 @@ non-zero exit (utils.errors.UserError).
 """
 import functools
 import json
+import os
 import resource
 import shlex
 import statistics
@@ -28,6 +29,7 @@ from models.cnn_f import CNNF
 from models.dadh import DADH
 from models.published import model_path
 from utils import calc_map_k, p_top_k, pr_curve
+from utils import distributed
 from utils.checkpoint import atomic_pickle, atomic_save, atomic_write, load_file
 from utils.metrics import P_AT_K
 from utils.errors import UserError, warn
@@ -156,7 +158,7 @@ def prepare_run_dir(cfg):
     out = run_dir(cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / '.write-test'
+        probe = out / f'.write-test-{os.getpid()}'  # several ranks may probe at once
         probe.write_bytes(b'ok')
         probe.unlink()
     except OSError as e:
@@ -192,22 +194,30 @@ def rows_per_epoch(num_train, batch_size):
     return num_train - 1 if num_train % batch_size == 1 else num_train
 
 
-def train_epoch(method, splits, order, batch_size, desc, stop=None):
+def train_epoch(method, splits, order, batch_size, desc, stop=None, world=distributed.SOLO):
     """One pass over the training rows in `order` (SPEC §6), batch by batch; stops early when `stop`
-    is requested. Returns the batches x terms loss table (on the CPU) and the terms' names."""
+    is requested (on any rank). Returns the batches x terms loss table (on the CPU) and the terms'
+    names. Under torchrun each rank reads and runs its share of every batch."""
     num_used = rows_per_epoch(len(order), batch_size)
     step_losses = []
     batches = bar(range(0, num_used, batch_size), desc)
     for first in batches:
         rows = order[first:first + batch_size][:num_used - first]
         data_rows = splits.train_rows[rows]
-        losses = method.train_step(rows, splits.images[data_rows], splits.text[data_rows],
-                                   splits.labels[data_rows])
+        mine = data_rows[world.share(len(rows))]
+        error = None
+        try:
+            images, text = splits.images[mine], splits.text[mine]  # raw images: read here
+        except UserError as e:
+            error = e
+        if world.agree(stop, error):  # before the step's collectives: every rank stops here
+            break
+        losses = method.train_step(rows, images, text, splits.labels[data_rows])
         step_losses.append(torch.stack(list(losses.values())))
         if len(step_losses) % 20 == 1:  # reading a value waits for the device: not every batch
             batches.set_postfix(loss=f"{losses['loss'].item():.4f}")
-        if stop is not None and stop.requested:
-            break
+    if not step_losses:  # stopped before the first batch
+        return None, None
     return torch.stack(step_losses).cpu(), list(losses)
 
 
@@ -223,20 +233,29 @@ def first_non_finite(step_losses, names):
 
 @cli
 def train(**options):
+    """Under torchrun every rank runs this with the same options (utils/distributed.py): rank 0
+    alone writes files, plots and prints; every other step is taken identically everywhere."""
     cfg = config.parse(options)
+    world = distributed.start()
     print(f'configuration:\n{cfg}')
-    device = resolve_device(cfg.device)
-    configure_device(cfg, device)
-    out = prepare_run_dir(cfg)
-    last = load_last(out, cfg, device) if cfg.resume else None
-    seed_everything(cfg.seed)
-    splits = load_splits(cfg, device)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    if cfg.model == 'agah' and cfg.data_enhance:
-        splits.append_mixed_training(shuffle)
-        print(f'data_enhance: {splits.sizes()["train"]} training samples with the mixed ones')
-    num_train = splits.sizes()['train']
-    method = make_method(cfg, splits, device)
+    with world.one_outcome():  # a bad input on one rank ends every rank with its line
+        device = resolve_device(world.device_name(cfg.device))
+        configure_device(cfg, device)
+        out = prepare_run_dir(cfg)
+        last = load_last(out, cfg, device) if cfg.resume else None
+        seed_everything(cfg.seed)  # the same seed on every rank: the same random draws
+        splits = load_splits(cfg, device)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        if cfg.model == 'agah' and cfg.data_enhance:
+            splits.append_mixed_training(shuffle)
+            print(f'data_enhance: {splits.sizes()["train"]} training samples with the mixed ones')
+        num_train = splits.sizes()['train']
+        method = make_method(cfg, splits, device)
+    if world.size > 1:
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        method.distribute(world, device)
+        print(f'torchrun: {world.size} processes, {cfg.batch_size} rows per global batch')
     # mapi2t/mapt2i: the queries' MAPs; valid_*: the held-out rows' (--select_on valid). 'best' is
     # the best pair on the rows that select, 'best_query' the queries' MAPs of that epoch.
     history = {'epoch': [], 'loss': [], 'lr': [], 'seconds': [], 'valid_epoch': [], 'mapi2t': [],
@@ -254,10 +273,11 @@ def train(**options):
         start_epoch = last['epoch']
         saved_epoch = start_epoch
         print(f'resuming {out / LAST_FILE}: {start_epoch} epochs done')
-    vis = Visualizer(cfg.vis_env, cfg.vis_server, cfg.vis_port, out / 'visdom.log')
+    vis = Visualizer(cfg.vis_env if world.is_main else None, cfg.vis_server, cfg.vis_port,
+                     out / 'visdom.log')
     train_labels = splits.labels[splits.train_rows]
 
-    if rows_per_epoch(num_train, cfg.batch_size) < num_train:
+    if rows_per_epoch(num_train, cfg.batch_size) < num_train and world.is_main:
         warn(f'the last batch of every epoch would hold 1 sample; it is dropped '
              f'(training_size {num_train}, batch_size {cfg.batch_size})')
 
@@ -266,10 +286,10 @@ def train(**options):
             start = time.time()
             order = torch.randperm(num_train, generator=shuffle).to(device)
             step_losses, names = train_epoch(method, splits, order, cfg.batch_size,
-                                             f'epoch {epoch + 1}/{cfg.max_epoch}', stop)
-            if stop.requested:
-                stop_training(stop.signum, out, epoch, saved_epoch)
-            bad = first_non_finite(step_losses, names)
+                                             f'epoch {epoch + 1}/{cfg.max_epoch}', stop, world)
+            if signum := world.agree(stop):
+                stop_training(signum, out, epoch, saved_epoch)
+            bad = first_non_finite(step_losses, names)  # the same losses on every rank
             if bad:
                 raise UserError(f'the {bad[1]} loss became NaN or inf in epoch {epoch + 1}, batch '
                                 f'{bad[0] + 1}; stopped, {out} keeps the last good epoch (try a '
@@ -285,9 +305,11 @@ def train(**options):
             vis.plot('lr', epoch + 1, method.lr)
 
             if cfg.valid and (epoch + 1) % cfg.valid_freq == 0:
+                # Every rank validates (on the whole sets, as rank 0 alone would take as long), so
+                # every rank keeps the same history and best.
                 maps = evaluate(method, splits)
-                if stop.requested:
-                    stop_training(stop.signum, out, epoch, saved_epoch)
+                if signum := world.agree(stop):
+                    stop_training(signum, out, epoch, saved_epoch)
                 mapi2t, mapt2i = maps['query']
                 for key, value in (('valid_epoch', epoch + 1), ('mapi2t', mapi2t), ('mapt2i', mapt2i)):
                     history[key].append(value)
@@ -301,26 +323,31 @@ def train(**options):
                 if method.is_better(*maps[cfg.select_on], history['best']):
                     history.update(best=maps[cfg.select_on], best_epoch=epoch + 1,
                                    best_query=maps['query'])
-                    method.save_best(out)
+                    if world.is_main:
+                        method.save_best(out)
                     # The published protocol's line as it was; the held-out rule names itself.
                     summary += (' (best: saved)' if cfg.select_on == 'query'
                                 else f' (best on {SELECTION[cfg.select_on]}: saved)')
-            if not cfg.valid and epoch + 1 == cfg.max_epoch:
-                method.save_best(out)
-            if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
-                # What test (--tf32, --amp) and report (the options that tell runs apart) read back.
-                atomic_write(out / 'config.json',
-                             lambda f: f.write(json.dumps(cfg.options, indent=1).encode()))
-            write_results(out, history)
+            if world.is_main:
+                if not cfg.valid and epoch + 1 == cfg.max_epoch:
+                    method.save_best(out)
+                if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
+                    # What test (--tf32, --amp) and report (the options that tell runs apart) read back.
+                    atomic_write(out / 'config.json',
+                                 lambda f: f.write(json.dumps(cfg.options, indent=1).encode()))
+                write_results(out, history)
             if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.max_epoch:
-                atomic_save({'config': cfg.options, 'epoch': epoch + 1, 'method': method.state_dict(),
-                             'history': history, 'rng': rng_state(shuffle)}, out / LAST_FILE)
+                if world.is_main:
+                    atomic_save({'config': cfg.options, 'epoch': epoch + 1,
+                                 'method': method.state_dict(), 'history': history,
+                                 'rng': rng_state(shuffle)}, out / LAST_FILE)
                 saved_epoch = epoch + 1
             print(summary, flush=True)
 
     if not cfg.valid:  # as the published code: evaluate the final model once, at the end
         history['final'] = evaluate(method, splits)['query']
-        write_results(out, history)
+        if world.is_main:
+            write_results(out, history)
         print(f"...training done: final MAP(i->t): {history['final'][0]:.4f}, "
               f"MAP(t->i): {history['final'][1]:.4f}; model in {model_file(cfg)}")
     elif history['best']:

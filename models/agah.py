@@ -12,15 +12,17 @@ from models.published import agah_state, model_path
 from models.schedule import decay_lr
 from datasets.data_handler import read_rows
 from utils.checkpoint import atomic_save, load_file, load_module
+from utils.distributed import SOLO
 from utils.errors import UserError
 from utils.progress import bar
 
 FEATURE_MAP_FILE = 'feature_map.pth'
 
 
-def normalise_batch(f):
-    """f / ‖f‖ with ONE norm over the whole batch tensor, held constant (SPEC-AGAH)."""
-    return f / f.detach().norm()
+def normalise_batch(f, norm):
+    """f / ‖f‖ with ONE norm over the whole batch tensor, held constant (SPEC-AGAH); `norm` is
+    torch.Tensor.norm, or under torchrun the norm over every rank's share of the batch."""
+    return f / norm(f.detach())
 
 
 def critic(emb_dim):
@@ -51,14 +53,18 @@ class AGAHNet(nn.Module):
         a = torch.sigmoid(5 * f @ feature_map.T)
         return self.lambd * f + (1 - self.lambd) * (a @ feature_map) / a.sum(dim=1, keepdim=True)
 
-    def image_pass(self, images, feature_map):
+    def forward(self, images, text, feature_map, norm=torch.Tensor.norm):
+        """The training passes (what DDP runs): f, h and classifier logits of images, then text."""
+        return (*self.image_pass(images, feature_map, norm), *self.text_pass(text, feature_map, norm))
+
+    def image_pass(self, images, feature_map, norm=torch.Tensor.norm):
         """(f, h, classifier logits) of an image batch."""
-        f = normalise_batch(self.image_net(images))
+        f = normalise_batch(self.image_net(images), norm)
         f_hat = self.attend(f, feature_map)
         return f, self.image_hash(f_hat), self.image_classifier(f_hat)
 
-    def text_pass(self, text, feature_map):
-        f = normalise_batch(self.text_net(text))
+    def text_pass(self, text, feature_map, norm=torch.Tensor.norm):
+        f = normalise_batch(self.text_net(text), norm)
         f_hat = self.attend(f, feature_map)
         return f, self.text_hash(f_hat), self.text_classifier(f_hat)
 
@@ -93,21 +99,29 @@ class AGAH:
         self.code_map = torch.sign(torch.randn(K, bit, device=device))
         self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
                                           enabled=cfg.amp == 'bf16')
+        self.world, self.passes = SOLO, self.net
         for option in ('compile', 'cuda_graph'):
             if getattr(cfg, option):
                 print(f'--{option} is not used by --model agah')
+
+    def distribute(self, world, device):
+        """Run the nets over the ranks of `world` (utils/distributed.py): DDP, the whole-batch norm
+        over the global batch; critics, losses and buffers on the gathered batch."""
+        self.world, self.passes = world, world.wrap(self.net, device)
 
     @property
     def lr(self):
         return float(self.gen_opt.param_groups[0]['lr'])
 
     def train_step(self, rows, images, text, labels):
-        """One batch: a step of each critic, then one generator step on all six terms."""
-        net = self.net.train()
+        """One batch: a step of each critic, then one generator step on all six terms. `rows` and
+        `labels` are the global batch's; `images` and `text` this process's share of it."""
+        self.net.train()
         with self.autocast():
-            f_i, h_i, class_i = net.image_pass(images, self.feature_map)
-            f_t, h_t, class_t = net.text_pass(text, self.feature_map)
-        f_i, h_i, class_i, f_t, h_t, class_t = (x.float() for x in (f_i, h_i, class_i, f_t, h_t, class_t))
+            outputs = self.passes(images, text, self.feature_map, self.world.whole_batch_norm)
+        # Under torchrun: the global batch from every rank's share; the rest is one process's.
+        f_i, h_i, class_i, f_t, h_t, class_t = self.world.gather_rows(
+            len(rows), *(x.float() for x in outputs))
         for store, value in ((self.F_i, f_i), (self.F_t, f_t), (self.H_i, h_i), (self.H_t, h_t)):
             store[rows] = value.detach()
 

@@ -6,7 +6,6 @@ is_better, save_best / load_best, state_dict / load_state_dict.
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datasets.data_handler import read_rows
@@ -17,28 +16,17 @@ from models.losses import discriminator_loss, generator_loss
 from models.published import dadh_state, model_path
 from models.schedule import decay_lr
 from utils.checkpoint import atomic_save, load_module
+from utils.distributed import SOLO
 from utils.progress import bar
-
-
-
-def forward_keeping_bn_inputs(net, x):
-    """Run a Sequential and also return what went into each of its BatchNorm layers."""
-    bn_inputs = []
-    for layer in net:
-        if isinstance(layer, nn.BatchNorm1d):
-            bn_inputs.append(x)
-        x = layer(x)
-    return x, bn_inputs
 
 
 @torch.no_grad()
 def repeat_bn_update(net, bn_inputs):
     """Update the BatchNorm running statistics once more with the same batches, as a second
-    train-mode pass over the same input would."""
-    for bn, x in zip((m for m in net if isinstance(m, nn.BatchNorm1d)), bn_inputs):
-        F.batch_norm(x, bn.running_mean, bn.running_var, training=True, momentum=bn.momentum,
-                     eps=bn.eps)
-        bn.num_batches_tracked.add_(1)
+    train-mode pass over the same input would (over the global batch under torchrun: the layer's
+    own forward, whose output is dropped)."""
+    for bn, x in zip((m for m in net if isinstance(m, nn.modules.batchnorm._BatchNorm)), bn_inputs):
+        bn(x)
 
 
 class DADH:
@@ -72,16 +60,19 @@ class DADH:
                                           enabled=cfg.amp == 'bf16',
                                           cache_enabled=not self.cuda_graph)
         self.batch_size, self.graph, self.warm_up_steps = cfg.batch_size, None, 0
+        self.compile, self.world, self.passes = cfg.compile, SOLO, self.gen
         if cfg.compile:
-            self.image_pass, self.text_pass = map(torch.compile, (self.image_pass, self.text_pass))
+            self.passes = torch.compile(self.gen)
 
-    def image_pass(self, images):
-        f_i = self.gen.image_net(images)
-        return f_i, self.gen.image_hash(f_i)
-
-    def text_pass(self, text):
-        f_t, bn_inputs = forward_keeping_bn_inputs(self.gen.text_net, text)
-        return f_t, self.gen.text_hash(f_t), bn_inputs
+    def distribute(self, world, device):
+        """Run the generator's passes over the ranks of `world` (utils/distributed.py): DDP with
+        BatchNorm over the global batch; losses, discriminators and buffers on the gathered batch."""
+        self.world, self.passes = world, world.wrap(self.gen, device)
+        if self.compile:
+            self.passes = torch.compile(self.passes)
+        if self.cuda_graph:
+            print('--cuda_graph is single-process only: not used under torchrun')
+            self.cuda_graph = False
 
     @property
     def lr(self):
@@ -122,10 +113,13 @@ class DADH:
         return self.graph_losses
 
     def step(self, rows, images, text, labels):
+        """`rows` and `labels` are the global batch's; `images` and `text` this process's share
+        of it (all of it in one process)."""
         gen, dis = self.gen.train(), self.dis.train()
+        share = self.world.share(len(rows))
+        gen.set_batch_share(share.start, len(rows))  # dropout masks drawn for the global batch
         with self.autocast():
-            f_i, h_i = self.image_pass(images)
-            f_t, h_t, bn_inputs = self.text_pass(text)
+            f_i, h_i, f_t, h_t, bn_inputs = self.passes(images, text)
             # SPEC §4.3: A_h reads a second train-mode pass of the text net, detached before the
             # hash head. Without dropout that pass repeats the first exactly, so reuse its features
             # and repeat only its side effect, the BatchNorm running-statistics update.
@@ -135,7 +129,9 @@ class DADH:
                 f_t_again = f_t.detach()
                 repeat_bn_update(gen.text_net, bn_inputs)
             h_t_again = gen.text_hash(f_t_again)
-        f_i, f_t, h_i, h_t, h_t_again = (x.float() for x in (f_i, f_t, h_i, h_t, h_t_again))
+        # Under torchrun: the global batch from every rank's share; the rest is one process's.
+        f_i, f_t, h_i, h_t, h_t_again = self.world.gather_rows(
+            len(rows), *(x.float() for x in (f_i, f_t, h_i, h_t, h_t_again)))
         self.H_i[rows] = h_i.detach()
         self.H_t[rows] = h_t.detach()
 
