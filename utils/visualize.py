@@ -89,8 +89,9 @@ class Visualizer:
         if self.vis is None:
             return
         try:
+            # a marker on each point: validations can be sparse (AGAH's every 20 epochs)
             self.vis.line(X=np.array([x]), Y=np.array([y]), win=win, update='append',
-                          opts=dict(title=win, xlabel='epoch'))
+                          opts=dict(title=win, xlabel='epoch', markers=True, markersize=4))
         except Exception as e:
             warn(f'visdom server stopped answering ({type(e).__name__}); logging to '
                  f'{self.log_path} from now on')
