@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 .PHONY: demo test setup visdom-assets
 setup: $(VENV)/.installed
 	@if command -v npm >/dev/null; then $(PY) -m utils.visdom_assets; else \
-	echo "npm not found: the visdom page needs its web assets, from npm with internet, once: make visdom-assets"; fi
+	echo "npm not found: the visdom page needs its assets, from npm, once: make visdom-assets"; fi
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

@@ -7,6 +7,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import visdom
 from PIL import Image
 
 from tests.browser import chromium
@@ -62,7 +63,6 @@ def test_training_curves_render_in_chromium(trained, tmp_path):
 
 
 def test_replayed_log_renders_in_chromium(trained, tmp_path):
-    import visdom
     _, log = trained
     with visdom_server(tmp_path / 'envs') as port:
         client = visdom.Visdom(port=port, use_incoming_socket=False, raise_exceptions=True)
@@ -116,4 +116,4 @@ def test_missing_or_wrong_asset_refuses_the_page_and_install_mends_it(tmp_path):
     # the installer fetches only what is wrong, from npm
     assert visdom_assets.install(static) == 2
     assert visdom_assets.problems(static) == {}
-    assert (static / 'version.built').read_text() == visdom_assets.visdom.__version__
+    assert (static / 'version.built').read_text() == visdom.__version__

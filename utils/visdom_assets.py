@@ -1,4 +1,4 @@
-"""visdom 0.2.4's web page assets, installed from npm instead of the CDNs its server fetches at start.
+"""visdom 0.2.4's web page assets, from npm instead of the CDNs its server downloads them from.
 
 ASSETS names every file `visdom.server.build.download_scripts` puts under visdom's `static/`, the
 pinned npm package that publishes the same file, and its sha256. `python -m utils.visdom_assets
@@ -101,7 +101,7 @@ def _sha256(path):
 
 
 def problems(static_dir=STATIC_DIR):
-    """{file under static_dir: 'missing' or 'has the wrong checksum'} for each asset not in place."""
+    """{file under static_dir: 'missing' or 'has the wrong checksum'} for each misplaced asset."""
     found = {}
     for name, _, _, sha256 in ASSETS:
         path = Path(static_dir) / name
@@ -114,7 +114,9 @@ def problems(static_dir=STATIC_DIR):
 
 def check(static_dir=STATIC_DIR):
     """Raise a UserError naming the first asset that is missing or wrong."""
-    for name, problem in problems(static_dir).items():
+    found = problems(static_dir)
+    if found:
+        name, problem = next(iter(found.items()))
         raise UserError(f'visdom page asset {Path(static_dir) / name} {problem}: '
                         f'run `make visdom-assets`')
 
@@ -127,14 +129,17 @@ def _npm_pack(packages, folder):
     result = subprocess.run(['npm', 'pack', '--json', '--pack-destination', str(folder),
                              *packages], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or ['no message']
-        raise UserError(f'npm pack {" ".join(packages)} failed: {lines[-1]}')
+        try:  # with --json npm reports its error on stdout
+            reason = json.loads(result.stdout)['error']['summary']
+        except (ValueError, KeyError, TypeError):
+            reason = (result.stderr.strip().splitlines() or ['no message'])[-1]
+        raise UserError(f'npm pack {" ".join(packages)} failed: {reason}')
     return {f'{p["name"]}@{p["version"]}': Path(folder) / p['filename']
             for p in json.loads(result.stdout)}
 
 
 def install(static_dir=STATIC_DIR):
-    """Put every missing or wrong asset in place and write the built marker; the number installed."""
+    """Put every missing or wrong asset in place, write the built marker; return how many."""
     static_dir = Path(static_dir)
     wanted = problems(static_dir)
     if wanted:
