@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 
 def check_page(port, env, tmp_path):
     """Open the environment's page; its curves are drawn with one point per epoch, every file it
-    fetched answered 200, and a screenshot shows the curves."""
+    fetched came from the server with status 200, and a screenshot shows the curves."""
     with chromium(tmp_path / 'chromium', f'http://127.0.0.1:{port}/env/{env}') as page:
         points = page.wait_for(f"""(p => {json.dumps(CURVES)}.every(w => p[w] >= {EPOCHS}) && p)
                                    ({POINTS_PER_WINDOW})""")
@@ -50,6 +50,8 @@ def check_page(port, env, tmp_path):
         resources = page.evaluate(RESOURCES)
         assert any('plotly-plotly.min.js' in name for name, _ in resources)
         assert [(name, status) for name, status in resources if status != 200] == []
+        server = f'http://127.0.0.1:{port}/'
+        assert [name for name, _ in resources if not name.startswith(server)] == []  # no CDN
         page.screenshot(tmp_path / 'page.png')
     image = np.asarray(Image.open(tmp_path / 'page.png').convert('RGB'))
     assert image.shape[0] > 500 and image.shape[1] > 1000 and image.std() > 0
