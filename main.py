@@ -536,10 +536,10 @@ def report(checkpoint_dir='checkpoints', **unknown):
 
 
 @cli
-def visdom(port=8097, hostname='127.0.0.1', env_path=None):
-    """A visdom server that starts offline (no download of web assets)."""
+def visdom(port=8097, hostname='127.0.0.1', env_path=None, static_dir=None):
+    """A visdom server that needs no internet: its page's assets come from `make visdom-assets`."""
     from utils.visualize import start_server
-    start_server(port, hostname, env_path)
+    start_server(port, hostname, env_path, static_dir)
 
 
 def help():

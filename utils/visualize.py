@@ -5,22 +5,51 @@ JSON list per line), whether or not a server listens; `Visdom().replay_log(log_p
 a server afterwards. The server is looked for once, at the start: when it cannot be reached the run
 says so in one line and never waits on the network again.
 """
+import errno
+import posixpath
 import socket
 from urllib.parse import urlparse
 
 import numpy as np
 
-from utils.errors import warn
+from utils.errors import UserError, warn
 
 
-def start_server(port=8097, hostname='127.0.0.1', env_path=None):
-    """Run a visdom server until interrupted, without `python -m visdom.server`'s start-up download
-    of the web page's scripts (which crashes offline). The plotting API works at once; the page in a
-    browser needs those scripts, which an online `python -m visdom.server` fetches once."""
+def start_server(port=8097, hostname='127.0.0.1', env_path=None, static_dir=None):
+    """Serve visdom's page and API on hostname:port until interrupted: visdom's own application,
+    without `python -m visdom.server`'s start-up download of the page's scripts (which crashes
+    offline), after checking that `make visdom-assets` put every one in `static_dir`."""
+    import tornado.web
+    from tornado.ioloop import IOLoop
+    from visdom.server import app as visdom_app
     from visdom.server.defaults import DEFAULT_ENV_PATH
-    from visdom.server.run_server import start_server as run
+
+    from utils import visdom_assets
+
+    class StaticFiles(tornado.web.StaticFileHandler):
+        """visdom 0.2.4's index.html links `static_url("../user/style.css")`, a page outside
+        static/ that tornado >= 6.6 refuses to version, answering 403 for the whole page: link it
+        unversioned, as older tornado did (the user settings handler serves /user/style.css)."""
+        @classmethod
+        def make_static_url(cls, settings, path, include_version=True):
+            if path.startswith('../'):
+                return posixpath.normpath(settings['static_url_prefix'] + path)
+            return super().make_static_url(settings, path, include_version)
+
+    static_dir = str(static_dir or visdom_assets.STATIC_DIR)
+    visdom_assets.check(static_dir)
+    # visdom's Application passes these module-level settings to tornado
+    visdom_app.tornado_settings.update(static_path=static_dir, template_path=static_dir,
+                                       static_handler_class=StaticFiles)
+    app = visdom_app.Application(port=port, env_path=env_path or DEFAULT_ENV_PATH)
+    try:
+        app.listen(port, address=hostname, max_buffer_size=1024 ** 3)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f'port {port} on {hostname} is already in use (--port)') from None
+        raise
     print(f'visdom server on http://{hostname}:{port} (Ctrl-C stops it)', flush=True)
-    run(port=port, hostname=hostname, base_url='', env_path=env_path or DEFAULT_ENV_PATH)
+    IOLoop.current().start()
 
 
 def _listening(server, port, timeout=1.0):
@@ -60,8 +89,9 @@ class Visualizer:
         if self.vis is None:
             return
         try:
+            # a marker on each point: validations can be sparse (AGAH's every 20 epochs)
             self.vis.line(X=np.array([x]), Y=np.array([y]), win=win, update='append',
-                          opts=dict(title=win, xlabel='epoch'))
+                          opts=dict(title=win, xlabel='epoch', markers=True, markersize=4))
         except Exception as e:
             warn(f'visdom server stopped answering ({type(e).__name__}); logging to '
                  f'{self.log_path} from now on')
