@@ -302,7 +302,7 @@ def train(**options):
                                ('seconds', seconds)):
                 history[key].append(value)
             vis.plot('loss', epoch + 1, loss)
-            vis.plot('lr', epoch + 1, method.lr)
+            vis.plot('lr', epoch + 1, method.lr, log_y=True)
 
             if cfg.valid and (epoch + 1) % cfg.valid_freq == 0:
                 # Every rank validates (on the whole sets, as rank 0 alone would take as long), so

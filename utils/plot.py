@@ -72,6 +72,6 @@ def plot_run(run_dir, model, dataset, bit):
 def save_figure(fig, path):
     plt = pyplot()
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120, bbox_inches='tight'))
     plt.close(fig)
     return path

@@ -162,7 +162,7 @@ def map_vs_bits(groups, names, path):
                 title=f'{DATASET_NAMES.get(dataset, dataset)}, {arrow}')
             ax.xaxis.set_major_formatter('{x:.0f}')
             ax.minorticks_off()
-            ax.legend(fontsize='small')
+    legend_below(fig, axes.flat)
     return save_figure(fig, path)
 
 
@@ -180,8 +180,18 @@ def pr_figure(groups, names, dataset, bit, path):
                                                              f'{len(files)} run(s)')
         ax.set(xlabel='recall', ylabel='precision',
                title=f'{DATASET_NAMES.get(dataset, dataset)}, {bit} bits, {arrow}')
-        ax.legend(fontsize='small')
+    legend_below(fig, axes)
     return save_figure(fig, path)
+
+
+def legend_below(fig, axes):
+    """One legend for the figure, under its panels, so long setting names never cover a curve."""
+    entries = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(name, handle)
+    fig.legend(list(entries.values()), list(entries), loc='upper center', bbox_to_anchor=(0.5, 0),
+               fontsize='small', ncol=1 if max(map(len, entries), default=0) > 40 else 2)
 
 
 def write_report(root):

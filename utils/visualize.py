@@ -84,14 +84,16 @@ class Visualizer:
         self.vis = (visdom.Visdom(env=self.env, offline=True, log_to_filename=self.log_path)
                     if self.log_path else None)
 
-    def plot(self, win, x, y):
-        """Append the point (x, y) to the line window `win`, creating it the first time."""
+    def plot(self, win, x, y, log_y=False):
+        """Append the point (x, y) to the line window `win`, creating it the first time; `log_y`
+        for values that a linear axis shows as a flat line (a learning rate of 5e-5)."""
         if self.vis is None:
             return
         try:
             # a marker on each point: validations can be sparse (AGAH's every 20 epochs)
             self.vis.line(X=np.array([x]), Y=np.array([y]), win=win, update='append',
-                          opts=dict(title=win, xlabel='epoch', markers=True, markersize=4))
+                          opts=dict(title=win, xlabel='epoch', markers=True, markersize=4,
+                                    ytype='log' if log_y else 'linear'))
         except Exception as e:
             warn(f'visdom server stopped answering ({type(e).__name__}); logging to '
                  f'{self.log_path} from now on')
