@@ -302,8 +302,11 @@ def check_out(out, overwrite):
     folder = out.parent
     if not folder.is_dir():
         raise UserError(f'{folder}: no such folder for --out')
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f'{folder}: cannot write here (--out)')
+    try:  # a real write: permissions alone miss read-only file systems (and root ignores them)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f'{folder}: cannot write here (--out): {e.strerror or e}') from None
     return out
 
 
@@ -332,11 +335,12 @@ def write(collection, out, images='features', cnn=None, weights=None, device='cp
     import h5py
     import torch
     n = len(collection.ids)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.tmp')
-    os.close(fd)
     skipped, kept = [], []
     start = time.perf_counter()
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.tmp')
+        os.close(fd)
         with h5py.File(tmp, 'w', userblock_size=512) as f:
             if images == 'features':
                 dim = cnn.out_dim
@@ -399,7 +403,7 @@ def write(collection, out, images='features', cnn=None, weights=None, device='cp
     except OSError as e:
         raise UserError(f'{out}: could not write ({e.strerror or e})') from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return sidecar, time.perf_counter() - start
 
