@@ -206,8 +206,8 @@ def read_nus(root):
     collection = Collection('nus', [images / n for n in names], text, labels,
                             [f'{i}:{n}' for i, n in zip(ids, names)], vocabulary,
                             [concepts[j] for j in chosen], len(names), dropped,
-                            [f'{no_tag} kept images have none of the 1000 tags (kept, as the '
-                             'concept rule alone decides)'])
+                            [f'{no_tag} of the kept images carry none of the {len(vocabulary)} '
+                             'tags (kept: the concept rule alone decides)'])
     return _subset(collection, keep)
 
 
@@ -449,8 +449,8 @@ def prepare(source, out, root=None, manifest=None, images='features',
         collection = read_nus(root)
     else:
         collection = read_manifest(manifest, vocab_size, min_count or 1, labels)
-    print(f'{collection.source}: {collection.total} items, {len(collection.ids)} with text and '
-          f'labels; {len(collection.vocabulary)} words, {len(collection.label_names)} labels; '
+    print(f'{collection.source}: {collection.total} items, {len(collection.ids)} to keep; '
+          f'{len(collection.vocabulary)} words, {len(collection.label_names)} labels; '
           f'dropped: {_reasons(collection.dropped)}', flush=True)
     sidecar, seconds = write(collection, out, images, cnn, pretrain_model_path, device, batch_size,
                              workers, skip_bad_images)

@@ -288,3 +288,55 @@ def test_the_command_line_reports_a_bad_input_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f'error: {tmp_path / "none"}: no such folder '
                                                   '(--root: the folder holding mirflickr/ and '
                                                   'mirflickr25k_annotations_v080/)']
+
+
+def make_nus(root, concepts=23, tags=6, n=24):
+    """NUS-WIDE's files: the image list (Windows separators), Concepts81.txt, one ground-truth file
+    per concept (one 0/1 a line), AllTags1k.txt (rows of tab-separated 0/1) and TagList1k.txt."""
+    rng = np.random.default_rng(1)
+    names = [f'{"actor" if i % 2 else "zebra"}\\{i:04d}_{1000 + i}.jpg' for i in range(n)]
+    (root / 'ImageList').mkdir(parents=True)
+    (root / 'ImageList' / 'Imagelist.txt').write_text(''.join(f'{name}\n' for name in names))
+    concept_names = [f'c{j:02d}' for j in range(concepts)]
+    (root / 'Concepts81.txt').write_text(''.join(f'{c}\n' for c in concept_names))
+    labels = np.zeros((n, concepts), dtype=np.uint8)
+    labels[:] = rng.random((n, concepts)) < 0.5
+    labels[:, :2] = 0                            # c00 and c01, the least frequent: not among the 21
+    labels[3] = labels[10] = 0                   # two images without any concept
+    labels[5, :] = 0
+    labels[5, 0] = 1                             # one image with only c00
+    (root / 'Groundtruth' / 'AllLabels').mkdir(parents=True)
+    for j, c in enumerate(concept_names):
+        (root / 'Groundtruth' / 'AllLabels' / f'Labels_{c}.txt').write_text(
+            ''.join(f'{v}\n' for v in labels[:, j]))
+    text = (rng.random((n, tags)) < 0.4).astype(np.uint8)
+    text[7] = 0                                  # an image without tags is kept
+    (root / 'NUS_WID_Tags').mkdir()
+    (root / 'NUS_WID_Tags' / 'AllTags1k.txt').write_text(
+        ''.join('\t'.join(map(str, row)) + '\t\n' for row in text))
+    (root / 'NUS_WID_Tags' / 'TagList1k.txt').write_text(''.join(f'tag{k}\n' for k in range(tags)))
+    for i, name in enumerate(names):
+        write_jpeg(root / 'Flickr' / name.replace('\\', '/'), 500 + i, 'L' if i == 2 else 'RGB')
+    return names, concept_names, labels, text
+
+
+def test_nus(tmp_path, capsys):
+    names, concept_names, labels, text = make_nus(tmp_path / 'nus')
+    out = tmp_path / 'nus.mat'
+    status, stdout, err = prepare_in_process(capsys, source='nus', root=tmp_path / 'nus', out=out,
+                                             images='raw')
+    assert status == 0, err
+    chosen = sorted(np.argsort(-labels.sum(0, dtype=int), kind='stable')[:21])
+    assert chosen == list(range(2, 23))
+    keep = labels[:, chosen].any(1)
+    sidecar = load_sidecar(out)
+    assert sidecar['labels'] == [concept_names[j] for j in chosen]
+    assert sidecar['vocabulary'] == [f'tag{k}' for k in range(6)]
+    assert sidecar['ids'] == [f'{i + 1}:{n}'.replace('\\', '/') for i, n in enumerate(names) if keep[i]]
+    assert sidecar['counts']['dropped'] == {'none of the 21 concepts': 3}
+    assert f'{(text[keep].sum(1) == 0).sum()} of the kept images carry none of the 6 tags' in stdout
+    with h5py.File(out, 'r') as f:
+        np.testing.assert_array_equal(f['YAll'][()].T, text[keep])
+        np.testing.assert_array_equal(f['LAll'][()].T, labels[keep][:, chosen])
+        first = load_image(tmp_path / 'nus' / 'Flickr' / names[0].replace('\\', '/'))
+        np.testing.assert_array_equal(f['images'][0], first)
