@@ -328,10 +328,21 @@ def _batches(collection, batch_size, workers, skip_bad_images, skipped, kept):
         yield np.stack(batch)
 
 
-def write(collection, out, images='features', cnn=None, weights=None, device='cpu', batch_size=64,
-          workers=2, skip_bad_images=False):
-    """Write `collection` to `out` (MATLAB v7.3) and its sidecar; the images are decoded in
-    `workers` threads while CNN-F runs on the batch before. Returns the sidecar dict."""
+def features_made(cnn, weights):
+    """The sidecar's account of how the `images` variable was made."""
+    if cnn is None:
+        return {'kind': 'raw', 'weights': None, 'weights_sha256': None, 'resize': RESIZE,
+                'average_image': 'not subtracted (train subtracts it)'}
+    return {'kind': 'cnn_f_fc7', 'weights': str(weights), 'weights_sha256': _sha256(weights),
+            'resize': RESIZE, 'average_image': "subtracted (the weight file's averageImage)"}
+
+
+def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64, workers=2,
+          skip_bad_images=False):
+    """Write `collection` to `out` (MATLAB v7.3): CNN-F fc7 features of its images, or the raw
+    images when `cnn` is None, and its sidecar holding `features` (features_made). The images are
+    decoded in `workers` threads while CNN-F runs on the batch before. Returns (sidecar, seconds)."""
+    images = 'raw' if cnn is None else 'features'
     import h5py
     import torch
     n = len(collection.ids)
@@ -387,12 +398,7 @@ def write(collection, out, images='features', cnn=None, weights=None, device='cp
             'vocabulary': collection.vocabulary,
             'labels': collection.label_names,
             'ids': [collection.ids[i] for i in kept],
-            'features': ({'kind': 'cnn_f_fc7', 'weights': str(weights),
-                          'weights_sha256': _sha256(weights), 'resize': RESIZE,
-                          'average_image': 'subtracted (the weight file\'s normalization.averageImage)'}
-                         if images == 'features' else
-                         {'kind': 'raw', 'weights': None, 'weights_sha256': None, 'resize': RESIZE,
-                          'average_image': 'not subtracted (train subtracts it)'}),
+            'features': features,
             'keys': KEYS,
             'skipped': skipped,
             'counts': {'items': collection.total, 'kept': len(kept), 'dropped': dropped,
@@ -452,8 +458,8 @@ def prepare(source, out, root=None, manifest=None, images='features',
     print(f'{collection.source}: {collection.total} items, {len(collection.ids)} to keep; '
           f'{len(collection.vocabulary)} words, {len(collection.label_names)} labels; '
           f'dropped: {_reasons(collection.dropped)}', flush=True)
-    sidecar, seconds = write(collection, out, images, cnn, pretrain_model_path, device, batch_size,
-                             workers, skip_bad_images)
+    sidecar, seconds = write(collection, out, cnn, features_made(cnn, pretrain_model_path), device,
+                             batch_size, workers, skip_bad_images)
     counts = sidecar['counts']
     print(f'kept {counts["kept"]} of {counts["items"]}; dropped: {_reasons(counts["dropped"])}')
     for item in sidecar['skipped']:
