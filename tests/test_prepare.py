@@ -2,6 +2,7 @@
 on manifests: real JPEGs, real weight files, real .mat output read back by the trainer."""
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -340,3 +341,23 @@ def test_nus(tmp_path, capsys):
         np.testing.assert_array_equal(f['LAll'][()].T, labels[keep][:, chosen])
         first = load_image(tmp_path / 'nus' / 'Flickr' / names[0].replace('\\', '/'))
         np.testing.assert_array_equal(f['images'][0], first)
+
+
+def test_ctrl_c_leaves_nothing_behind(work, tmp_path):
+    collection = tmp_path / 'collection'
+    for i in range(400):
+        write_jpeg(collection / f'{i}.jpg', i)
+    manifest = collection / 'items.jsonl'
+    manifest.write_text(''.join(json.dumps({'image': f'{i}.jpg', 'text': 'x', 'labels': ['y']}) + '\n'
+                                for i in range(400)))
+    out = tmp_path / 'out'
+    out.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, 'main.py', 'prepare', '--source', 'manifest', '--manifest', manifest,
+         '--out', out / 'x.mat', '--pretrain_model_path', work / 'vgg-f.mat', '--batch_size', '4'],
+        cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith('manifest: 400 items')  # now writing
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip() == 'interrupted', err
+    assert list(out.iterdir()) == []
