@@ -342,9 +342,9 @@ def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64,
     """Write `collection` to `out` (MATLAB v7.3): CNN-F fc7 features of its images, or the raw
     images when `cnn` is None, and its sidecar holding `features` (features_made). The images are
     decoded in `workers` threads while CNN-F runs on the batch before. Returns (sidecar, seconds)."""
-    images = 'raw' if cnn is None else 'features'
     import h5py
     import torch
+    images = 'raw' if cnn is None else 'features'
     n = len(collection.ids)
     skipped, kept = [], []
     start = time.perf_counter()
