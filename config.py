@@ -62,6 +62,37 @@ BOOKKEEPING = {'device', 'vis_env', 'vis_port', 'vis_server', 'data_path', 'pret
 # Options that change the numbers of a forward pass: `test` takes them from the run (config.json).
 NUMERICS = ('tf32', 'amp')
 
+# Options of `python main.py prepare` (datasets/prepare.py): name: (default, meaning).
+PREPARE = {
+    'source': (None, "'mir' (MIRFlickr-25K download), 'nus' (NUS-WIDE download) or 'manifest'"),
+    'root': (None, 'mir, nus: the folder holding the unpacked download'),
+    'manifest': (None, 'manifest: a CSV (image,text,labels) or JSON-lines file'),
+    'out': (None, 'the training file to write (.mat); its sidecar .json goes beside it'),
+    'images': ('features', "'features' (CNN-F fc7) or 'raw' (224 x 224 uint8 images)"),
+    'pretrain_model_path': ('./data/imagenet-vgg-f.mat', 'CNN-F weights (not read with --images raw)'),
+    'device': ('cpu', "where CNN-F runs: 'cpu' or 'cuda:N'"),
+    'batch_size': (64, 'images per CNN-F batch'),
+    'workers': (2, 'image decoding threads'),
+    'vocab_size': (None, 'manifest: keep at most this many most frequent words'),
+    'min_count': (None, 'keep words of at least this many items (mir: 20, manifest: 1)'),
+    'labels': (None, 'manifest: the label names to use, e.g. a,b,c (default: all found, sorted)'),
+    'skip_bad_images': (False, 'skip (and list in the sidecar) missing or unreadable images'),
+    'overwrite': (False, 'replace an existing --out'),
+}
+
+
+def parse_prepare(options):
+    """The options of `prepare` with their defaults; unknown or ill-typed options are UserErrors."""
+    for name in options:
+        if name not in PREPARE:
+            close = difflib.get_close_matches(name, list(PREPARE), n=3)
+            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ''
+            raise UserError(f'unknown option --{name} of prepare{hint}')
+    values = {k: d for k, (d, _) in PREPARE.items()}
+    values.update({k: _check_type(k, v, PREPARE[k][0]) for k, v in options.items()})
+    return values
+
+
 # Options that only one model reads.
 MODELS = {
     'dadh': {
@@ -217,6 +248,8 @@ def usage():
         '  bench   time training epochs and a validation (--epochs N, any train option)',
         '  report  the table of every tested run under --checkpoint_dir (mean ± std over seeds),',
         '          beside the published numbers, as Markdown and CSV, with MAP and PR figures',
+        '  prepare raw MIRFlickr-25K / NUS-WIDE downloads or a manifest -> training file and',
+        '          sidecar, with CNN-F features (options below)',
         '  help    this text',
         '',
         'options shared by every model (default, meaning):',
@@ -233,5 +266,7 @@ def usage():
     lines += [f'  {f:<6} {v}' for f, v in DATASETS.items()]
     lines += ['', 'smaller model defaults of --flag demo:']
     lines += [f'  --model {m:<6} {v}' for m, v in DEMO.items()]
+    lines += ['', 'options of prepare (default, meaning):']
+    lines += [f'  --{k:<20} {d!r:<28} {h}' for k, (d, h) in PREPARE.items()]
     lines += ['', 'example: python main.py train --flag mir --bit 64 --device cpu']
     return '\n'.join(lines)

@@ -542,6 +542,15 @@ def visdom(port=8097, hostname='127.0.0.1', env_path=None, static_dir=None):
     start_server(port, hostname, env_path, static_dir)
 
 
+@cli
+def prepare(**options):
+    """Raw images, tags and labels (MIRFlickr-25K, NUS-WIDE, a manifest) -> training file + sidecar."""
+    from datasets.prepare import prepare as run_prepare
+    values = config.parse_prepare(options)
+    values['device'] = str(resolve_device(values['device']))
+    run_prepare(**values)
+
+
 def help():
     print(config.usage())
 
@@ -549,4 +558,4 @@ def help():
 if __name__ == '__main__':
     reuse_freed_memory()
     fire.Fire({'train': train, 'test': test, 'plot': plot, 'visdom': visdom, 'bench': bench,
-               'report': report, 'help': help})
+               'report': report, 'prepare': prepare, 'help': help})

@@ -60,7 +60,13 @@ class CNNF(nn.Module):
         for name, (kernel, _, _) in LAYERS.items():
             if name not in layers:
                 raise UserError(f'{path}: no layer {name!r} (found {", ".join(layers)})')
-            W, b = layers[name]['weights'][0][0], layers[name]['weights'][0][1]
+            layer = layers[name]
+            if 'weights' in layer.dtype.names:  # MatConvNet beta-8 and later: weights = {W, b}
+                W, b = layer['weights'][0][0], layer['weights'][0][1]
+            elif 'filters' in layer.dtype.names and 'biases' in layer.dtype.names:  # older releases
+                W, b = layer['filters'], layer['biases']
+            else:
+                raise UserError(f'{path}: layer {name} has neither weights nor filters/biases')
             W = np.asarray(W, dtype=np.float32).transpose()
             if W.ndim != 4 or W.shape[2:] != (kernel, kernel):
                 raise UserError(f'{path}: layer {name} has weights of shape {W.shape[::-1]}, '
@@ -71,11 +77,29 @@ class CNNF(nn.Module):
             if W.shape[1] != c_in:
                 raise UserError(f'{path}: layer {name} takes {W.shape[1]} channels, but the layer '
                                 f'before gives {c_in}')
-        average = (np.asarray(data['normalization'][0][0][0], dtype=np.float32).transpose()
-                   if subtract_mean else None)
+        average = average_image(path, data) if subtract_mean else None
         model = cls(widths, average)
         with torch.no_grad():
             for name, (W, b) in weights.items():
                 model.convs[name].weight.copy_(torch.from_numpy(W))
                 model.convs[name].bias.copy_(torch.from_numpy(b))
         return model
+
+
+def average_image(path, data):
+    """The average image of a loaded MatConvNet file as 3 x W x H (224 x 224 x 3 axis-reversed) or
+    3 x 1 x 1 (a 1 x 1 x 3 or 3-vector mean, which broadcasts over the image); `normalization` sits
+    at the top level in older files and under `meta` in newer ones."""
+    try:
+        normalization = (data['normalization'] if 'normalization' in data
+                         else data['meta'][0][0]['normalization'])[0][0]
+        average = np.asarray(normalization['averageImage'], dtype=np.float32)
+    except (KeyError, ValueError, IndexError):
+        raise UserError(f'{path}: no normalization.averageImage (looked at the top level and under '
+                        'meta)') from None
+    if average.size == 3:
+        return average.reshape(3, 1, 1)
+    if average.shape != (224, 224, 3):
+        raise UserError(f'{path}: normalization.averageImage has shape {average.shape}, expected '
+                        '224 x 224 x 3 or 1 x 1 x 3')
+    return average.transpose()

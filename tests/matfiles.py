@@ -51,26 +51,38 @@ def small_dataset(n=300, image_dim=64, text_dim=40, num_label=6, seed=0):
     return images, text.astype(np.uint8), labels
 
 
-def write_vgg_f(path, widths, seed=0):
+def write_vgg_f(path, widths, seed=0, weights_field='weights', normalization='top', average='image'):
     """A MatConvNet model file with the structure of imagenet-vgg-f.mat (a cell array of layer
     structs, weights as {W, b} with W stored H x W x In x Out, and `normalization.averageImage`),
-    random weights and the layer widths given (CNN-F's are 64, 256, 256, 256, 256, 4096, 4096)."""
+    random weights and the layer widths given (CNN-F's are 64, 256, 256, 256, 256, 4096, 4096).
+
+    The layouts MatConvNet has shipped: weights_field 'weights' ({W, b}) or 'filters' (older
+    `filters` and `biases` fields); normalization at the 'top' level or under 'meta'; average
+    'image' (224 x 224 x 3) or 'mean' (1 x 1 x 3). Returns the average as stored."""
     rng = np.random.default_rng(seed)
     kernels = {'conv1': 11, 'conv2': 5, 'conv3': 3, 'conv4': 3, 'conv5': 3, 'fc6': 6, 'fc7': 1}
     layers, c_in = [], 3
     for (name, k), c_out in zip(kernels.items(), widths):
-        weights = np.empty((1, 2), dtype=object)
-        weights[0, 0] = (rng.standard_normal((k, k, c_in, c_out)) / np.sqrt(k * k * c_in)).astype(np.float32)
-        weights[0, 1] = (0.01 * rng.standard_normal((c_out, 1))).astype(np.float32)
-        layers += [{'name': name, 'type': 'conv', 'weights': weights},
-                   {'name': f'relu{len(layers) // 2 + 1}', 'type': 'relu', 'weights': np.empty((0, 0))}]
+        W = (rng.standard_normal((k, k, c_in, c_out)) / np.sqrt(k * k * c_in)).astype(np.float32)
+        b = (0.01 * rng.standard_normal((c_out, 1))).astype(np.float32)
+        if weights_field == 'weights':
+            weights = np.empty((1, 2), dtype=object)
+            weights[0, 0], weights[0, 1] = W, b
+            conv, relu = {'weights': weights}, {'weights': np.empty((0, 0))}
+        else:
+            conv, relu = {'filters': W, 'biases': b.T}, {'filters': np.empty((0, 0)),
+                                                       'biases': np.empty((0, 0))}
+        layers += [{'name': name, 'type': 'conv', **conv},
+                   {'name': f'relu{len(layers) // 2 + 1}', 'type': 'relu', **relu}]
         c_in = c_out
     cells = np.empty((1, len(layers)), dtype=object)
     for i, layer in enumerate(layers):
         cells[0, i] = layer
-    average = rng.uniform(100, 130, (224, 224, 3)).astype(np.float32)
-    scipy.io.savemat(path, {'layers': cells, 'normalization': {
-        'averageImage': average, 'keepAspect': 1, 'imageSize': np.array([224, 224, 3.0])}})
+    shape = (224, 224, 3) if average == 'image' else (1, 1, 3)
+    average = rng.uniform(100, 130, shape).astype(np.float32)
+    norm = {'averageImage': average, 'keepAspect': 1, 'imageSize': np.array([224, 224, 3.0])}
+    scipy.io.savemat(path, {'layers': cells, **({'normalization': norm} if normalization == 'top'
+                                                 else {'meta': {'normalization': norm}})})
     return average
 
 

@@ -65,3 +65,20 @@ def test_missing_or_wrong_files_are_one_line_errors(tmp_path):
     scipy.io.savemat(tmp_path / 'bad.mat', data)
     with pytest.raises(UserError, match="no layer 'conv1'"):
         CNNF.from_matconvnet(tmp_path / 'bad.mat')
+
+
+@pytest.mark.parametrize('weights_field, normalization, average', [
+    ('weights', 'top', 'image'), ('filters', 'top', 'image'), ('weights', 'meta', 'image'),
+    ('weights', 'meta', 'mean'), ('filters', 'top', 'mean')])
+def test_every_matconvnet_layout_loads_the_same_network(tmp_path, weights_field, normalization, average):
+    write_vgg_f(tmp_path / 'ref.mat', WIDTHS)
+    reference = CNNF.from_matconvnet(tmp_path / 'ref.mat', subtract_mean=False)
+    stored = write_vgg_f(tmp_path / 'layout.mat', WIDTHS, weights_field=weights_field,
+                         normalization=normalization, average=average)
+    cnn = CNNF.from_matconvnet(tmp_path / 'layout.mat')
+    for name, conv in cnn.convs.items():  # same seed: the same weights whatever the layout
+        assert torch.equal(conv.weight, reference.convs[name].weight)
+        assert torch.equal(conv.bias, reference.convs[name].bias)
+    assert torch.equal(cnn.average_image, torch.from_numpy(stored.transpose()))
+    images = torch.rand(2, 3, 224, 224) * 255
+    torch.testing.assert_close(cnn(images), reference(images - torch.from_numpy(stored.transpose())))

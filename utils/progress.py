@@ -5,6 +5,6 @@ import os
 from tqdm import tqdm
 
 
-def bar(iterable, desc):
+def bar(iterable, desc, total=None):
     disable = None if os.environ.get('RANK', '0') == '0' else True
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=disable)
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=disable)
