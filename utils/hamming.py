@@ -114,6 +114,17 @@ def _ordered(q, d, j, rows, k, n, bit, xp):
     return dist, index
 
 
+def _prune(kept, pending, rows, k, n, bit):
+    """The best k of each query among the kept and pending triples, flat, and the new admission
+    limit (the k-th distance of a full row, bit + 1 otherwise)."""
+    found = [kept] if kept is not None else []
+    found = [np.concatenate(column) for column in zip(*found, *pending)]
+    top_d, top_j = _ordered(*found, rows, k, n, bit, np)
+    filled = top_j >= 0
+    limit = np.where(filled.all(1), top_d[:, -1], bit + 1).astype(top_d.dtype)
+    return (np.nonzero(filled)[0], top_d[filled], top_j[filled]), limit
+
+
 def top_k(query, database, k, bit):
     """Top k of each query: (distances, indices), both queries x k int64, ordered by distance then
     database position (SPEC §7). `query` and `database` are packed rows (numpy, scanned in blocks
@@ -129,7 +140,8 @@ def top_k(query, database, k, bit):
         q = qw[start:stop]
         dist = np.empty((rows, BLOCK), dtype)
         scratch = np.empty((rows, BLOCK), np.uint64)
-        kept = None  # (query, distance, index) of the best k so far, flat
+        admitted = np.empty((rows, BLOCK), bool)
+        kept, pending = None, []  # the best k so far and the items admitted since, (query, distance, index)
         limit = None  # admit only distances below it: later ties lose to earlier items
         for first in range(0, len(dbw), BLOCK):
             block = dbw[first:first + BLOCK]
@@ -138,18 +150,17 @@ def top_k(query, database, k, bit):
                 limit, need = _first_k(d, k, bit, np)
                 qi, j = _take(d, limit, need, np)
             else:
-                qi, j = np.nonzero(d < limit[:, None])
-                if not len(qi):
+                mask = np.less(d, limit[:, None], out=admitted[:, :len(block)])
+                if not np.count_nonzero(mask):  # the common case once the limit is tight
                     continue
-            found = (qi, d[qi, j].astype(np.int64), j + first)
-            if kept is not None:
-                found = tuple(np.concatenate(pair) for pair in zip(kept, found))
-            top_d, top_j = _ordered(*found, rows, k, len(dbw), bit, np)
-            filled = top_j >= 0
-            qi = np.nonzero(filled)[0]
-            kept = (qi, top_d[filled], top_j[filled])
-            limit = np.where(filled.all(1), top_d[:, -1], bit + 1)
-        return top_d, top_j
+                qi, j = np.divmod(np.flatnonzero(mask), len(block))
+            pending.append((qi, d[qi, j].astype(np.int64), j + first))
+            if kept is None or sum(len(p[0]) for p in pending) > rows * k:
+                kept, limit = _prune(kept, pending, rows, k, len(dbw), bit)
+                pending = []
+        if pending:
+            kept, _ = _prune(kept, pending, rows, k, len(dbw), bit)
+        return _ordered(*kept, rows, k, len(dbw), bit, np)
 
     parts = per_query_chunk(chunk, len(qw), QUERY_CHUNK)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
