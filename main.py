@@ -542,6 +542,62 @@ def visdom(port=8097, hostname='127.0.0.1', env_path=None, static_dir=None):
     start_server(port, hostname, env_path, static_dir)
 
 
+@cli
+def encode(out, modality='both', rows=':', append=False, **options):
+    """Codes of the rows of a data file (--data_path) in an HDF5 codes file (--out)."""
+    from retrieval import api
+    run = api.load_run(**options)
+    api.write(run, out, modality, rows, append)
+    print(f'wrote {"+".join(api.open_codes(out).modalities)} codes of {api.open_codes(out).count} '
+          f'rows to {out}')
+
+
+@cli
+def search(database, text=None, image=None, rows=None, modality='image', topk=20, index='exact',
+           json=False, same_modality=False, nprobe=16, **options):
+    """The top --topk items of --database for a query: --text words, an --image file, or --rows
+    of --data_path (of --modality)."""
+    from retrieval import api
+    if sum(x is not None for x in (text, image, rows)) != 1:
+        raise UserError('give one query: --text "words", --image FILE or --rows a:b (with --data_path)')
+    if not isinstance(topk, int) or topk <= 0:
+        raise UserError(f'--topk must be a positive integer, got {topk!r}')
+    api.open_codes(database)  # a bad codes file is refused before the model loads
+    run = api.load_run(**options)
+    if text is not None:
+        queries, modality = run.encode_words(str(text)), 'text'
+    elif image is not None:
+        queries, modality = run.encode_image_file(image), 'image'
+    else:
+        selected = api.parse_rows(rows, len(run.data))
+        x = (run.data.images if modality == 'image' else run.data.text)[selected.start:selected.stop]
+        queries = (run.encode_images if modality == 'image' else run.encode_text)(
+            x if run.raw_images and modality == 'image' else np.asarray(x))
+    results, note = api.search(run, database, queries, modality, topk, index, same_modality, nprobe)
+    if note:
+        print(note, file=sys.stderr)
+    records = [[{'rank': rank, 'id': source if source is not None else row, 'row': row,
+                 'distance': distance, 'labels': run.label_names(row)}
+                for rank, _, row, source, distance in hits] for hits in results]
+    if json:
+        print(globals()['json'].dumps(records if len(records) > 1 else records[0]))
+        return
+    for q, hits in enumerate(records):
+        if len(records) > 1:
+            print(f'query {q + 1}:')
+        for hit in hits:
+            print(f"{hit['rank']:>5}  {hit['id']!s:<20} {hit['distance']:>4}  "
+                  f"{' '.join(map(str, hit['labels']))}")
+
+
+@cli
+def index(database, index='ivf', nlist=None):
+    """Build a FAISS binary index (flat, ivf, hnsw) beside a codes file, for search --index."""
+    from retrieval.index import build_index
+    for path in build_index(database, index, nlist):
+        print(f'wrote {path}')
+
+
 def help():
     print(config.usage())
 
@@ -549,4 +605,4 @@ def help():
 if __name__ == '__main__':
     reuse_freed_memory()
     fire.Fire({'train': train, 'test': test, 'plot': plot, 'visdom': visdom, 'bench': bench,
-               'report': report, 'help': help})
+               'report': report, 'encode': encode, 'search': search, 'index': index, 'help': help})
