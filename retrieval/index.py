@@ -66,9 +66,11 @@ def _rerank(database, queries, kth, k, faiss_index):
     return out_d, out_i
 
 
-def recall(exact_ids, found_ids):
-    """Mean fraction of the exact top k found."""
-    return float(np.mean([len(np.intersect1d(e, f)) / len(e) for e, f in zip(exact_ids, found_ids)]))
+def recall(exact_distances, found_distances, found_ids):
+    """Recall@k: the mean fraction of the k found that are within the exact k-th distance (items
+    tied at it are equally right answers)."""
+    within = (found_distances <= exact_distances[:, -1:]) & (found_ids >= 0)
+    return float(within.mean())
 
 
 def index_path(codes_path, modality, kind):
