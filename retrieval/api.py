@@ -59,7 +59,7 @@ class Run:
         """Codes of an image file (1 x bit): raw-image models take the pixels; feature models the
         CNN-F fc7 features of prepare's pipeline, standardised as the data file was."""
         from models.cnn_f import CNNF
-        image = torch.from_numpy(load_image(path)).float()[None]
+        image = torch.tensor(load_image(path)).float()[None]  # Pillow's array is read-only
         if self.raw_images:
             return self.encode_images(image)
         weights = ((self.sidecar or {}).get('features') or {}).get('weights') or self.cfg.pretrain_model_path

@@ -6,8 +6,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
+
+from PIL import Image
 
 from retrieval import index
+from tests.matfiles import small_dataset, write_v7, write_vgg_f
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,14 +67,31 @@ def test_search_by_rows_ranks_by_distance(demo_run):
     assert json.loads(flat.stdout.strip().splitlines()[-1]) == hits
 
 
-def test_appending_adds_rows(demo_run):
+def test_round_trip_finds_the_query_own_pair_first(demo_run):
+    """Query row 2500 (a query row, never trained on) encoded first, then the database rows 0:2500
+    appended: the file holds 2500 and 0..2499, in that order.
+
+    Asserted: searching by --rows 2500:2501 within the image codes (same modality) ranks the query's
+    own item first at distance 0 (ties go to database order, and it comes first); searching across
+    (image -> text) returns its own pair at the Hamming distance of the two codes in the file. Not
+    asserted: that the own pair wins across modalities: on the demo an image and its text share only
+    their labels, so every item with those labels is an equally right answer."""
     tmp, options = demo_run
-    assert main('encode', *options, '--out', tmp / 'part.h5', '--rows', '0:10').returncode == 0
-    assert main('encode', *options, '--out', tmp / 'part.h5', '--rows', '10:25',
-                '--append', True).returncode == 0
-    with h5py.File(tmp / 'part.h5') as h5, h5py.File(tmp / 'codes.h5') as whole:
-        assert (h5['row'][()] == np.arange(25)).all()
-        assert (h5['image'][()] == whole['image'][:25]).all()
+    pair = tmp / 'pair.h5'
+    assert main('encode', *options, '--out', pair, '--rows', '2500:2501').returncode == 0
+    assert main('encode', *options, '--out', pair, '--rows', '0:2500', '--append', True).returncode == 0
+    with h5py.File(pair) as h5, h5py.File(tmp / 'codes.h5') as whole:
+        assert (h5['row'][()] == np.r_[2500, np.arange(2500)]).all()
+        assert (h5['image'][()] == whole['image'][np.r_[2500, np.arange(2500)]]).all()
+        image, text = h5['image'][()], h5['text'][()]
+    query = ['--database', pair, '--rows', '2500:2501', '--modality', 'image', '--json', True]
+    same = main('search', *options, *query, '--topk', 5, '--same_modality', True)
+    assert same.returncode == 0, same.stderr
+    first = json.loads(same.stdout.strip().splitlines()[-1])[0]
+    assert (first['rank'], first['row'], first['distance']) == (1, 2500, 0)
+    cross = main('search', *options, *query, '--topk', 2501)
+    own = next(h for h in json.loads(cross.stdout.strip().splitlines()[-1]) if h['row'] == 2500)
+    assert own['distance'] == int(np.unpackbits(image[0] ^ text[0]).sum())
 
 
 def test_bad_inputs_are_one_line_and_change_nothing(demo_run):
@@ -92,3 +113,73 @@ def test_bad_inputs_are_one_line_and_change_nothing(demo_run):
         done = main(*case)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (case, done.stderr)
     assert {p: p.read_bytes() for p in before} == before
+
+
+VOCABULARY = ['dog', 'cat', 'beach', 'sea', 'tree', 'sky', 'car', 'road', 'snow', 'night', 'bird', 'sun']
+LABELS = ['animals', 'water', 'plants', 'city']
+WIDTHS = [8, 16, 16, 16, 16, 32, 24]  # a random VGG-F of these widths: fc7 gives 24 features
+
+
+@pytest.fixture(scope='module')
+def mini_run(tmp_path_factory):
+    """A miniature collection as `prepare` leaves one (data file, sidecar, CNN-F weights), a DADH
+    trained on it and its codes."""
+    tmp = tmp_path_factory.mktemp('mini')
+    weights = tmp / 'imagenet-vgg-f.mat'
+    write_vgg_f(weights, WIDTHS)
+    features, text, labels = small_dataset(60, WIDTHS[-1], len(VOCABULARY), len(LABELS))
+    write_v7(tmp / 'mini.mat', {'images': np.abs(features), 'YAll': text, 'LAll': labels})
+    (tmp / 'mini.json').write_text(json.dumps({
+        'vocabulary': VOCABULARY, 'labels': LABELS, 'ids': [f'photo{i:03d}' for i in range(60)],
+        'features': {'kind': 'cnn_f_fc7', 'weights': str(weights)}}))
+    options = ['--flag', 'mir', '--data_path', tmp / 'mini.mat', '--image_dim', WIDTHS[-1],
+               '--text_dim', len(VOCABULARY), '--num_label', len(LABELS), '--db_size', 50,
+               '--query_size', 10, '--training_size', 50, '--hidden_dim', 64, '--bit', 32,
+               '--device', 'cpu', '--checkpoint_dir', tmp, '--pretrain_model_path', weights]
+    trained = main('train', *options, '--max_epoch', 2, '--vis_env', 'None')
+    assert trained.returncode == 0, trained.stderr
+    done = main('encode', *options, '--out', tmp / 'codes.h5')
+    assert done.returncode == 0, done.stderr
+    return tmp, options
+
+
+def test_words_query_reports_unknown_words_and_lists_sidecar_ids(mini_run):
+    tmp, options = mini_run
+    done = main('search', *options, '--database', tmp / 'codes.h5', '--text', 'Dog, zebra; sea',
+                '--topk', 5, '--json', True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == 'warning: not in the vocabulary, ignored: zebra'
+    hits = json.loads(done.stdout)
+    assert [h['rank'] for h in hits] == [1, 2, 3, 4, 5]
+    assert all(h['id'] == f"photo{h['row']:03d}" for h in hits)
+    assert all(set(h['labels']) <= set(LABELS) and h['labels'] for h in hits)
+    assert [h['distance'] for h in hits] == sorted(h['distance'] for h in hits)
+
+
+def test_image_file_query_is_encoded_as_the_api_encodes_it(mini_run):
+    """The CLI's code of a JPEG is the code the API gives the CNN-F fc7 features of the same file,
+    standardised with the mean and std recorded in the codes file: the query's distances to every
+    text code, listed in full by --topk 60, are the distances of that code."""
+    from datasets.images import load_image
+    from models.cnn_f import CNNF
+    from retrieval import api
+    from utils import hamming
+    tmp, options = mini_run
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp / 'query.jpg')
+    done = main('search', *options, '--database', tmp / 'codes.h5', '--image', tmp / 'query.jpg',
+                '--topk', 60, '--json', True)
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout)
+
+    flags = dict(zip(options[::2], options[1::2]))
+    run = api.load_run(**{k.lstrip('-'): str(v) if isinstance(v, Path) else v for k, v in flags.items()})
+    with h5py.File(tmp / 'codes.h5') as h5:
+        mean, std, text_codes = h5.attrs['image_mean'], h5.attrs['image_std'], h5['text'][()]
+    with torch.inference_mode():
+        features = CNNF.from_matconvnet(tmp / 'imagenet-vgg-f.mat')(
+            torch.tensor(load_image(tmp / 'query.jpg')).float()[None])
+    code = hamming.pack(run.encode_images((features.numpy() - mean) / std))
+    assert len(hits) == 60 and [h['rank'] for h in hits] == list(range(1, 61))
+    assert [h['distance'] for h in hits] == [int(np.unpackbits(code[0] ^ text_codes[h['row']]).sum())
+                                             for h in hits]
