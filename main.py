@@ -5,7 +5,7 @@ model, and a resumable last.pth after every epoch. Problems the user can fix end
 non-zero exit (utils.errors.UserError).
 """
 import functools
-import json
+import json as json_lib  # `search` has a --json option
 import os
 import resource
 import shlex
@@ -100,7 +100,7 @@ def run_options(out):
     """The options the run in `out` was trained with (its config.json), or None for a folder that
     has none (a model of the published code, or of an older version)."""
     path = out / 'config.json'
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json_lib.loads(path.read_text()) if path.is_file() else None
 
 
 def load_splits(cfg, device):
@@ -334,7 +334,7 @@ def train(**options):
                 if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
                     # What test (--tf32, --amp) and report (the options that tell runs apart) read back.
                     atomic_write(out / 'config.json',
-                                 lambda f: f.write(json.dumps(cfg.options, indent=1).encode()))
+                                 lambda f: f.write(json_lib.dumps(cfg.options, indent=1).encode()))
                 write_results(out, history)
             if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.max_epoch:
                 if world.is_main:
@@ -573,14 +573,14 @@ def search(database, text=None, image=None, rows=None, modality='image', topk=20
         x = (run.data.images if modality == 'image' else run.data.text)[selected.start:selected.stop]
         queries = (run.encode_images if modality == 'image' else run.encode_text)(
             x if run.raw_images and modality == 'image' else np.asarray(x))
-    results, note = api.search(run, database, queries, modality, topk, index, same_modality, nprobe)
-    if note:
+    results, notes = api.search(run, database, queries, modality, topk, index, same_modality, nprobe)
+    for note in notes:
         print(note, file=sys.stderr)
     records = [[{'rank': rank, 'id': source if source is not None else row, 'row': row,
                  'distance': distance, 'labels': run.label_names(row)}
                 for rank, _, row, source, distance in hits] for hits in results]
     if json:
-        print(globals()['json'].dumps(records if len(records) > 1 else records[0]))
+        print(json_lib.dumps(records if len(records) > 1 else records[0]))
         return
     for q, hits in enumerate(records):
         if len(records) > 1:

@@ -3,7 +3,11 @@ codes files, search. `python main.py encode|search|index` are thin layers over t
 
     run = load_run(flag='mir', bit=64, device='cpu')
     write(run, 'codes.h5')
-    hits = search(run, 'codes.h5', run.encode_words('dog on a beach'), 'text', k=20)
+    hits, notes = search(run, 'codes.h5', run.encode_words('dog on a beach'), 'text', k=20)
+
+AGAH divides each batch by one norm over the whole batch (as its reference code does), so an
+item's code depends on the batch it is encoded in: a query encoded alone can differ from the same
+item's code encoded within a batch by `write`. DADH's codes are per item.
 """
 import torch
 
@@ -147,7 +151,7 @@ def write(run, out, modality='both', rows=':', append=False):
 def search(run, codes_path, query_codes, query_modality, k=20, index='exact', same_modality=False,
            nprobe=16):
     """[(rank, position, row, source id or None, distance)] per query over the codes file, from
-    the other modality's codes (or the same one). Returns (results, note or None)."""
+    the other modality's codes (or the same one). Returns (results, notes: lines for the user)."""
     codes = CodesFile(codes_path)
     codes.check_model(run.identity)
     target = query_modality if same_modality else {'image': 'text', 'text': 'image'}[query_modality]
@@ -155,13 +159,16 @@ def search(run, codes_path, query_codes, query_modality, k=20, index='exact', sa
         raise UserError(f'{codes_path}: holds no {target} codes (encode with --modality {target} or both)')
     if k <= 0:
         raise UserError(f'--topk must be positive, got {k}')
-    note = None
+    notes = []
     if k > codes.count:
-        note = f'--topk {k} is more than the {codes.count} codes: showing all of them'
+        notes.append(f'--topk {k} is more than the {codes.count} codes: showing all of them')
         k = codes.count
+    if run.cfg.model == 'agah':
+        notes.append('AGAH normalises over the whole batch: these queries\' codes depend on the '
+                     'batch they were encoded in, and can differ from the codes file\'s')
     faiss_index = indexes.load_index(codes_path, target, index) if index != 'exact' else None
     dist, ids = indexes.search(codes.read(target), hamming.pack(query_codes), k, index,
                                faiss_index, nprobe=nprobe)
     rows, source = codes.read('row'), codes.read('source_id')
     return [[(rank + 1, int(i), int(rows[i]), None if source is None else str(source[i]), int(d))
-             for rank, (d, i) in enumerate(zip(dq, iq)) if i >= 0] for dq, iq in zip(dist, ids)], note
+             for rank, (d, i) in enumerate(zip(dq, iq)) if i >= 0] for dq, iq in zip(dist, ids)], notes

@@ -94,26 +94,60 @@ def test_round_trip_finds_the_query_own_pair_first(demo_run):
     assert own['distance'] == int(np.unpackbits(image[0] ^ text[0]).sum())
 
 
-def test_bad_inputs_are_one_line_and_change_nothing(demo_run):
+def test_bad_inputs_are_one_line_and_change_nothing(demo_run, mini_run):
     tmp, options = demo_run
+    mini, _ = mini_run
     foreign = tmp / 'foreign.h5'
     with h5py.File(foreign, 'w') as h5:
         h5['x'] = np.zeros(3)
     truncated = tmp / 'truncated.h5'
     truncated.write_bytes((tmp / 'codes.h5').read_bytes()[:2000])
     codes = tmp / 'codes.h5'
-    before = {p: p.read_bytes() for p in (codes, foreign, truncated)}
-    other_bit = [o if o != 16 else 32 for o in options]
-    cases = [('search', *options, '--database', codes, '--rows', '0:1', '--topk', 0),
-             ('search', *options, '--database', foreign, '--rows', '0:1'),
-             ('search', *options, '--database', truncated, '--rows', '0:1'),
-             ('search', *options, '--database', codes, '--text', 'dog'),
-             ('search', *options, '--database', codes, '--image', tmp / 'missing.jpg')]
-    for case in cases:
+    # A valid codes file of other codes, given the flat index of codes.h5 under its own name.
+    other = tmp / 'other.h5'
+    other.write_bytes(codes.read_bytes())
+    with h5py.File(other, 'a') as h5:
+        h5['text'][0] = ~h5['text'][0]
+    assert main('index', '--database', codes, '--index', 'flat').returncode == 0
+    for suffix in ('text.flat.faiss', 'text.flat.json'):
+        Path(f'{other}.{suffix}').write_bytes(Path(f'{codes}.{suffix}').read_bytes())
+    corrupt = tmp / 'corrupt.jpg'
+    corrupt.write_bytes(b'\xff\xd8\xff\xe0' + bytes(200))
+    files = [codes, foreign, truncated, other, *tmp.glob('*.faiss'), *tmp.glob('*.json'),
+             *mini.glob('*.h5')]
+    before = {p: p.read_bytes() for p in files}
+    mini_data = [o if o != tmp / 'demo.mat' else mini / 'mini.mat' for o in options]
+    cases = [('must be a positive', 'search', *options, '--database', codes, '--rows', '0:1', '--topk', 0),
+             ('not a codes file', 'search', *options, '--database', foreign, '--rows', '0:1'),
+             ('perhaps truncated', 'search', *options, '--database', truncated, '--rows', '0:1'),
+             ('no prepare sidecar', 'search', *options, '--database', codes, '--text', 'dog'),
+             ('no such image', 'search', *options, '--database', codes, '--image', tmp / 'missing.jpg'),
+             ('not an image', 'search', *options, '--database', codes, '--image', corrupt),
+             # the mini model: 32 bits, another model file and data
+             ('bit 32', 'search', *options, '--database', mini / 'codes.h5', '--rows', '0:1'),
+             ('another model', 'encode', *options, '--out', mini / 'codes.h5', '--rows', '0:1',
+              '--append', True),
+             ('expected image_dim', 'search', *mini_data, '--database', codes, '--rows', '0:1'),
+             ('expected image_dim', 'encode', *mini_data, '--out', tmp / 'never.h5'),
+             ('index of another codes file', 'search', *options, '--database', other, '--rows', '0:1',
+              '--index', 'flat')]
+    for expected, *case in cases:
         done = main(*case)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (case, done.stderr)
+        assert expected in done.stderr, (case, done.stderr)
+    mini_words = main('search', *mini_run[1], '--database', mini / 'codes.h5', '--text', 'zebra')
+    assert mini_words.returncode == 2 and 'no word' in mini_words.stderr
     assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp / 'never.h5').exists()
 
+
+def test_topk_beyond_the_database_is_capped_with_a_note(demo_run):
+    tmp, options = demo_run
+    done = main('search', *options, '--database', tmp / 'codes.h5', '--rows', '0:1', '--topk', 5000,
+                '--json', True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == '--topk 5000 is more than the 3000 codes: showing all of them'
+    assert len(json.loads(done.stdout)) == 3000
 
 VOCABULARY = ['dog', 'cat', 'beach', 'sea', 'tree', 'sky', 'car', 'road', 'snow', 'night', 'bird', 'sun']
 LABELS = ['animals', 'water', 'plants', 'city']
