@@ -30,7 +30,10 @@ def unpack(packed, bit):
 
 
 def words(packed):
-    """Packed rows as rows of uint64 words (zero-padded to whole words) for popcount."""
+    """Packed rows as rows of uint64 words (zero-padded to whole words) for popcount; a view, not
+    a copy, when the rows are whole words already (a 10^7-code database stays its own size)."""
+    if packed.shape[1] % 8 == 0 and packed.flags.c_contiguous:
+        return packed.view(np.uint64)
     padded = np.zeros((len(packed), -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     padded[:, :packed.shape[1]] = packed
     return padded.view(np.uint64)
