@@ -79,7 +79,8 @@ def one_size(n, num_queries, k, threads, max_exact_s):
         if index.recall(exact_d[:len(tune)], d, i) >= 0.95 or value >= nlist:
             break
         value = min(2 * value, nlist)
-    (ann_d, ann_i), ann_s = timed(lambda: index.search(database, queries, k, ann, ann_index, nprobe=value))
+    (ann_d, ann_i), ann_s = timed(lambda: index.search(database, queries, k, ann, ann_index,
+                                                       nprobe=value))
     ann_recall = index.recall(exact_d, ann_d, ann_i)
     q = len(queries)
     print(f'n={n}: {q} queries, top-{k}, {threads} threads; exact {exact_s:.2f} s, flat {flat_s:.2f} s, '

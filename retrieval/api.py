@@ -20,6 +20,7 @@ from retrieval import index as indexes
 from retrieval.codes_file import CodesFile, sha256, write_codes
 from utils import hamming
 from utils.errors import UserError, warn
+from utils.progress import bar
 
 CHUNK_ROWS = 4096
 open_codes = CodesFile
@@ -134,7 +135,8 @@ def write(run, out, modality='both', rows=':', append=False):
     selected = parse_rows(rows, len(run.data))
 
     def chunks():
-        for first in range(selected.start, selected.stop, CHUNK_ROWS):
+        starts = range(selected.start, selected.stop, CHUNK_ROWS)
+        for first in bar(starts, f'encode ({CHUNK_ROWS} rows a step)'):
             part = range(first, min(first + CHUNK_ROWS, selected.stop))
             codes = {}
             if 'image' in modalities:

@@ -117,7 +117,8 @@ def test_bad_inputs_are_one_line_and_change_nothing(demo_run, mini_run):
              *mini.glob('*.h5')]
     before = {p: p.read_bytes() for p in files}
     mini_data = [o if o != tmp / 'demo.mat' else mini / 'mini.mat' for o in options]
-    cases = [('must be a positive', 'search', *options, '--database', codes, '--rows', '0:1', '--topk', 0),
+    cases = [('must be a positive', 'search', *options, '--database', codes, '--rows', '0:1',
+              '--topk', 0),
              ('not a codes file', 'search', *options, '--database', foreign, '--rows', '0:1'),
              ('perhaps truncated', 'search', *options, '--database', truncated, '--rows', '0:1'),
              ('no prepare sidecar', 'search', *options, '--database', codes, '--text', 'dog'),
