@@ -366,7 +366,7 @@ def write_results(out, history):
     seconds = dict(zip(history['epoch'], history['seconds']))
     train_times = [seconds[epoch] for epoch in history['valid_epoch']]
     atomic_pickle([train_times, history['mapi2t'], history['mapt2i']], out / 'result.pkl')
-    atomic_write(out / 'history.json', lambda f: f.write(json.dumps(history, indent=1).encode()))
+    atomic_write(out / 'history.json', lambda f: f.write(json_lib.dumps(history, indent=1).encode()))
 
 
 def stop_training(signum, out, epoch, saved_epoch):
@@ -411,7 +411,7 @@ def test(**options):
                               **{f'p@{k}': float(p) for k, p in zip(P_AT_K, p_at_k)}}
         atomic_write(out / f'pr_{direction}.npy', lambda f: np.save(f, np.stack([precision, recall])))
         atomic_write(out / f'p_at_k_{direction}.npy', lambda f: np.save(f, np.stack([P_AT_K, p_at_k])))
-    history = json.loads((out / 'history.json').read_text()) if (out / 'history.json').is_file() else {}
+    history = json_lib.loads((out / 'history.json').read_text()) if (out / 'history.json').is_file() else {}
     # The rule that chose the model: 'query', 'valid', or 'final' (the last epoch, --valid False).
     selection = trained.get('select_on', 'query') if trained.get('valid', True) else 'final'
     report = {'dataset': cfg.dataset, 'model': cfg.model, 'bit': cfg.bit,
@@ -419,7 +419,7 @@ def test(**options):
               'query_size': splits.sizes()['query'], 'database_size': splits.sizes()['database'],
               'select_on': selection, 'best_epoch': history.get('best_epoch'),
               'options': trained or cfg.options, **figures}
-    atomic_write(out / 'metrics.json', lambda f: f.write(json.dumps(report, indent=2).encode()))
+    atomic_write(out / 'metrics.json', lambda f: f.write(json_lib.dumps(report, indent=2).encode()))
 
     print(f'{"":10}{"i->t":>9}{"t->i":>9}')
     for name in figures['i2t']:

@@ -7,7 +7,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from PIL import Image
 
 from retrieval import index
@@ -96,7 +95,7 @@ def test_round_trip_finds_the_query_own_pair_first(demo_run):
 
 def test_bad_inputs_are_one_line_and_change_nothing(demo_run, mini_run):
     tmp, options = demo_run
-    mini, _ = mini_run
+    mini, mini_options = mini_run
     foreign = tmp / 'foreign.h5'
     with h5py.File(foreign, 'w') as h5:
         h5['x'] = np.zeros(3)
@@ -136,8 +135,9 @@ def test_bad_inputs_are_one_line_and_change_nothing(demo_run, mini_run):
         done = main(*case)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (case, done.stderr)
         assert expected in done.stderr, (case, done.stderr)
-    mini_words = main('search', *mini_run[1], '--database', mini / 'codes.h5', '--text', 'zebra')
-    assert mini_words.returncode == 2 and 'no word' in mini_words.stderr
+    all_unknown = main('search', *mini_options, '--database', mini / 'codes.h5', '--text', 'zebra')
+    assert all_unknown.returncode == 2 and all_unknown.stderr.startswith('error: no word of')
+    assert len(all_unknown.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in before} == before
     assert not (tmp / 'never.h5').exists()
 
