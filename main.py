@@ -5,7 +5,7 @@ model, and a resumable last.pth after every epoch. Problems the user can fix end
 non-zero exit (utils.errors.UserError).
 """
 import functools
-import json
+import json as json_lib  # `search` has a --json option
 import os
 import resource
 import shlex
@@ -100,7 +100,7 @@ def run_options(out):
     """The options the run in `out` was trained with (its config.json), or None for a folder that
     has none (a model of the published code, or of an older version)."""
     path = out / 'config.json'
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json_lib.loads(path.read_text()) if path.is_file() else None
 
 
 def load_splits(cfg, device):
@@ -334,7 +334,7 @@ def train(**options):
                 if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
                     # What test (--tf32, --amp) and report (the options that tell runs apart) read back.
                     atomic_write(out / 'config.json',
-                                 lambda f: f.write(json.dumps(cfg.options, indent=1).encode()))
+                                 lambda f: f.write(json_lib.dumps(cfg.options, indent=1).encode()))
                 write_results(out, history)
             if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.max_epoch:
                 if world.is_main:
@@ -366,7 +366,7 @@ def write_results(out, history):
     seconds = dict(zip(history['epoch'], history['seconds']))
     train_times = [seconds[epoch] for epoch in history['valid_epoch']]
     atomic_pickle([train_times, history['mapi2t'], history['mapt2i']], out / 'result.pkl')
-    atomic_write(out / 'history.json', lambda f: f.write(json.dumps(history, indent=1).encode()))
+    atomic_write(out / 'history.json', lambda f: f.write(json_lib.dumps(history, indent=1).encode()))
 
 
 def stop_training(signum, out, epoch, saved_epoch):
@@ -411,7 +411,7 @@ def test(**options):
                               **{f'p@{k}': float(p) for k, p in zip(P_AT_K, p_at_k)}}
         atomic_write(out / f'pr_{direction}.npy', lambda f: np.save(f, np.stack([precision, recall])))
         atomic_write(out / f'p_at_k_{direction}.npy', lambda f: np.save(f, np.stack([P_AT_K, p_at_k])))
-    history = json.loads((out / 'history.json').read_text()) if (out / 'history.json').is_file() else {}
+    history = json_lib.loads((out / 'history.json').read_text()) if (out / 'history.json').is_file() else {}
     # The rule that chose the model: 'query', 'valid', or 'final' (the last epoch, --valid False).
     selection = trained.get('select_on', 'query') if trained.get('valid', True) else 'final'
     report = {'dataset': cfg.dataset, 'model': cfg.model, 'bit': cfg.bit,
@@ -419,7 +419,7 @@ def test(**options):
               'query_size': splits.sizes()['query'], 'database_size': splits.sizes()['database'],
               'select_on': selection, 'best_epoch': history.get('best_epoch'),
               'options': trained or cfg.options, **figures}
-    atomic_write(out / 'metrics.json', lambda f: f.write(json.dumps(report, indent=2).encode()))
+    atomic_write(out / 'metrics.json', lambda f: f.write(json_lib.dumps(report, indent=2).encode()))
 
     print(f'{"":10}{"i->t":>9}{"t->i":>9}')
     for name in figures['i2t']:
@@ -551,6 +551,62 @@ def prepare(**options):
     run_prepare(**values)
 
 
+@cli
+def encode(out, modality='both', rows=':', append=False, **options):
+    """Codes of the rows of a data file (--data_path) in an HDF5 codes file (--out)."""
+    from retrieval import api
+    run = api.load_run(**options)
+    api.write(run, out, modality, rows, append)
+    print(f'wrote {"+".join(api.open_codes(out).modalities)} codes of {api.open_codes(out).count} '
+          f'rows to {out}')
+
+
+@cli
+def search(database, text=None, image=None, rows=None, modality='image', topk=20, index='exact',
+           json=False, same_modality=False, nprobe=16, **options):
+    """The top --topk items of --database for a query: --text words, an --image file, or --rows
+    of --data_path (of --modality)."""
+    from retrieval import api
+    if sum(x is not None for x in (text, image, rows)) != 1:
+        raise UserError('give one query: --text "words", --image FILE or --rows a:b (with --data_path)')
+    if not isinstance(topk, int) or topk <= 0:
+        raise UserError(f'--topk must be a positive integer, got {topk!r}')
+    api.open_codes(database)  # a bad codes file is refused before the model loads
+    run = api.load_run(**options)
+    if text is not None:
+        queries, modality = run.encode_words(str(text)), 'text'
+    elif image is not None:
+        queries, modality = run.encode_image_file(image), 'image'
+    else:
+        selected = api.parse_rows(rows, len(run.data))
+        x = (run.data.images if modality == 'image' else run.data.text)[selected.start:selected.stop]
+        queries = (run.encode_images if modality == 'image' else run.encode_text)(
+            x if run.raw_images and modality == 'image' else np.asarray(x))
+    results, notes = api.search(run, database, queries, modality, topk, index, same_modality, nprobe)
+    for note in notes:
+        print(note, file=sys.stderr)
+    records = [[{'rank': rank, 'id': source if source is not None else row, 'row': row,
+                 'distance': distance, 'labels': run.label_names(row)}
+                for rank, _, row, source, distance in hits] for hits in results]
+    if json:
+        print(json_lib.dumps(records if len(records) > 1 else records[0]))
+        return
+    for q, hits in enumerate(records):
+        if len(records) > 1:
+            print(f'query {q + 1}:')
+        for hit in hits:
+            print(f"{hit['rank']:>5}  {hit['id']!s:<20} {hit['distance']:>4}  "
+                  f"{' '.join(map(str, hit['labels']))}")
+
+
+@cli
+def index(database, index='ivf', nlist=None):
+    """Build a FAISS binary index (flat, ivf, hnsw) beside a codes file, for search --index."""
+    from retrieval.index import build_index
+    for path in build_index(database, index, nlist):
+        print(f'wrote {path}')
+
+
 def help():
     print(config.usage())
 
@@ -558,4 +614,5 @@ def help():
 if __name__ == '__main__':
     reuse_freed_memory()
     fire.Fire({'train': train, 'test': test, 'plot': plot, 'visdom': visdom, 'bench': bench,
-               'report': report, 'prepare': prepare, 'help': help})
+               'report': report, 'prepare': prepare, 'encode': encode, 'search': search,
+               'index': index, 'help': help})

@@ -19,10 +19,12 @@ HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 
 
 class Data:
-    """The whole file as float32 arrays, one row per sample; images standardised."""
+    """The whole file as float32 arrays, one row per sample; images standardised, with the scalar
+    mean and std applied (None when not), which queries from outside the file need too."""
 
-    def __init__(self, images, text, labels, source):
+    def __init__(self, images, text, labels, source, image_mean=None, image_std=None):
         self.images, self.text, self.labels, self.source = images, text, labels, source
+        self.image_mean, self.image_std = image_mean, image_std
 
     def __len__(self):
         return len(self.labels)
@@ -284,6 +286,7 @@ def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=Tru
     if unlabelled:
         warn(f'{path}: {unlabelled} of {n} samples have no label: as triplet anchors they get zero '
              'weight (SPEC §4.1), as queries they count as MAP 0 (SPEC §7)')
+    mean = std = None
     if standardise_images and not raw:
-        standardise(images)
-    return Data(images, text, labels, path)
+        mean, std = standardise(images)
+    return Data(images, text, labels, path, mean, std)

@@ -149,19 +149,24 @@ class AGAH:
         self.feature_map.copy_(update_feature_map(self.F_i, self.F_t, train_labels, self.feature_map))
         decay_lr(self.gen_opt, epoch, 0.6)  # the image group and the rest
 
-    @torch.inference_mode()
     def encode(self, images, text):
         """sign(h) of both modalities with the current F, in batches of the training batch size:
         the whole-batch normalisation makes a code depend on its batch, as in the reference."""
+        return [self.encode_images(images), self.encode_text(text)]
+
+    def encode_images(self, images):
+        return self._codes(self.net.image_pass, images, 'image codes')
+
+    def encode_text(self, text):
+        return self._codes(self.net.text_pass, text, 'text codes')
+
+    @torch.inference_mode()
+    def _codes(self, to_outputs, x, name):
         self.net.eval()
-        codes = []
         with self.autocast():
-            for to_outputs, x, name in ((self.net.image_pass, images, 'image codes'),
-                                        (self.net.text_pass, text, 'text codes')):
-                codes.append(torch.cat([
-                    torch.sign(to_outputs(read_rows(x, s, s + self.batch_size), self.feature_map)[1].float())
-                    for s in bar(range(0, len(x), self.batch_size), name)]))
-        return codes
+            return torch.cat([
+                torch.sign(to_outputs(read_rows(x, s, s + self.batch_size), self.feature_map)[1].float())
+                for s in bar(range(0, len(x), self.batch_size), name)])
 
     @staticmethod
     def is_better(mapi2t, mapt2i, best):

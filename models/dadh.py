@@ -158,19 +158,24 @@ class DADH:
         self.B.copy_(update_codes(train_labels, self.B, self.H_i, self.H_t, self.lamb, self.mu))
         decay_lr(self.gen_opt, epoch, 0.8)
 
-    @torch.inference_mode()
     def encode(self, images, text, batch_size=4096):
         """sign(h) of both modalities in eval mode (SPEC §2, §7), in large batches."""
-        self.gen.eval()
+        return [self.encode_images(images, batch_size), self.encode_text(text, batch_size)]
+
+    def encode_images(self, images, batch_size=4096):
         # Raw images: CNN-F's activations for 4096 images would take about 10 GB.
-        image_batch = batch_size if torch.is_tensor(images) else 256
-        codes = []
+        return self._codes(self.gen.image_codes, images, 'image codes',
+                           batch_size if torch.is_tensor(images) else 256)
+
+    def encode_text(self, text, batch_size=4096):
+        return self._codes(self.gen.text_codes, text, 'text codes', batch_size)
+
+    @torch.inference_mode()
+    def _codes(self, to_codes, x, name, size):
+        self.gen.eval()
         with self.autocast():
-            for to_codes, x, name, size in ((self.gen.image_codes, images, 'image codes', image_batch),
-                                            (self.gen.text_codes, text, 'text codes', batch_size)):
-                codes.append(torch.cat([to_codes(read_rows(x, s, s + size)).float()
-                                        for s in bar(range(0, len(x), size), name)]))
-        return codes
+            return torch.cat([to_codes(read_rows(x, s, s + size)).float()
+                              for s in bar(range(0, len(x), size), name)])
 
     @staticmethod
     def is_better(mapi2t, mapt2i, best):

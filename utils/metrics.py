@@ -1,8 +1,7 @@
 """Retrieval metrics of SPEC §7: MAP (and MAP@k), precision-recall over Hamming radii, precision@K.
 
-The database is ranked by Hamming distance with ties in database order (a stable sort). Distances
-take only bit + 1 values, so the stable order is a radix sort of small integers (numpy's stable
-argsort of uint8 on the CPU, torch's stable sort on a GPU); queries go in chunks, bounded in memory,
+The database is ranked by utils/hamming.py's one ranking (Hamming distance, ties in database
+order), on the same packing and popcount as retrieval; queries go in chunks, bounded in memory,
 two chunks at a time on the CPU.
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from utils import hamming
 from utils.errors import UserError
 
 P_AT_K = (1, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
@@ -50,14 +50,12 @@ def _per_chunk(function, qB, rB, query_labels, retrieval_labels):
     size = max(1, min(MAX_CHUNK_QUERIES, CHUNK_BYTES // (20 * rB.shape[0])))
     # ±1 codes on the CPU: the distance is the popcount of XORed bit-packed codes, 5x cheaper than
     # a product of float codes; codes with zeros (sign(0) = 0) take the product.
-    packed = (_pack(qB), _pack(rB)) if not qB.is_cuda and (qB != 0).all() and (rB != 0).all() else None
+    packed = ((hamming.words(hamming.pack(qB)), hamming.words(hamming.pack(rB)))
+              if not qB.is_cuda and (qB != 0).all() and (rB != 0).all() else None)
 
     def run(start):
         if packed:
-            q, r = packed[0][start:start + size], packed[1]
-            dist2 = np.bitwise_count(q[:, None, 0] ^ r[None, :, 0]).astype(np_dtype, copy=False)
-            for word in range(1, q.shape[1]):
-                dist2 += np.bitwise_count(q[:, None, word] ^ r[None, :, word])
+            dist2 = hamming.distances(packed[0][start:start + size], packed[1], np_dtype)
             dist2 = torch.from_numpy(np.left_shift(dist2, 1, out=dist2))
         else:
             dist2 = torch.addmm(torch.tensor(float(bit), device=qB.device), qB[start:start + size],
@@ -77,21 +75,9 @@ def _per_chunk(function, qB, rB, query_labels, retrieval_labels):
         torch.set_num_threads(threads)
 
 
-def _pack(codes):
-    """±1 codes as bits in rows of uint64 words."""
-    bits = (codes > 0).cpu().numpy()
-    padded = np.zeros((bits.shape[0], -(-bits.shape[1] // 64) * 64), dtype=bool)
-    padded[:, :bits.shape[1]] = bits
-    return np.packbits(padded, axis=1).view(np.uint64)
-
-
 def _ranked(dist2, relevant):
-    """Relevance in ranked order: ascending distance, ties in database order."""
-    if dist2.is_cuda:
-        order = torch.sort(dist2, dim=1, stable=True).indices
-    else:
-        order = torch.from_numpy(np.argsort(dist2.numpy(), axis=1, kind='stable'))
-    return torch.gather(relevant, 1, order)
+    """Relevance in ranked order (hamming.rank: ascending distance, ties in database order)."""
+    return torch.gather(relevant, 1, hamming.rank(dist2))
 
 
 @torch.inference_mode()

@@ -1,0 +1,184 @@
+"""Hamming distances of binary codes, the one ranking of SPEC §7 and its top-k, for `test`'s metrics
+and for retrieval alike.
+
+Codes are packed one bit per code bit (np.packbits: the first code bit is the high bit of the first
+byte), bit/8 bytes a row, and read as uint64 words for popcount. The ranking is by distance
+ascending with ties in database order. Top-k never sorts the database: distances take only
+bit + 1 values, so counting them finds the k-th distance d*; the items below d* and the first ones
+at d* (in database order) are the top k, and only those few are sorted.
+"""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+BLOCK = 16384  # database items per step of a query chunk: the XOR temporary stays in the cache
+QUERY_CHUNK = 32
+
+
+def pack(codes):
+    """±1 (or 0/1) codes, an n x bit array or tensor, as n x ceil(bit/8) uint8 rows; a code bit is
+    1 where the code is > 0."""
+    bits = codes > 0
+    bits = bits.cpu().numpy() if torch.is_tensor(bits) else np.asarray(bits)
+    return np.packbits(bits, axis=1)
+
+
+def unpack(packed, bit):
+    """Packed rows back to ±1 float32 codes (n x bit)."""
+    return np.unpackbits(packed, axis=1, count=bit).astype(np.float32) * 2 - 1
+
+
+def words(packed):
+    """Packed rows as rows of uint64 words (zero-padded to whole words) for popcount; a view, not
+    a copy, when the rows are whole words already (a 10^7-code database stays its own size)."""
+    if packed.shape[1] % 8 == 0 and packed.flags.c_contiguous:
+        return packed.view(np.uint64)
+    padded = np.zeros((len(packed), -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, :packed.shape[1]] = packed
+    return padded.view(np.uint64)
+
+
+def distances(query_words, db_words, dtype=np.uint8, out=None, scratch=None):
+    """Hamming distances, queries x database, by popcount of the XORed words."""
+    shape = (len(query_words), len(db_words))
+    out = np.empty(shape, dtype) if out is None else out
+    scratch = np.empty(shape, np.uint64) if scratch is None else scratch
+    for word in range(query_words.shape[1]):
+        np.bitwise_xor(query_words[:, None, word], db_words[None, :, word], out=scratch)
+        if word == 0:
+            np.bitwise_count(scratch, out=out, casting='unsafe')
+        else:
+            out += np.bitwise_count(scratch).astype(dtype, copy=False)
+    return out
+
+
+def rank(dist):
+    """The database order of each query (row of `dist`): distance ascending, ties in database order
+    (a stable sort; numpy's radix sort of small integers on the CPU)."""
+    if dist.is_cuda:
+        return torch.sort(dist, dim=1, stable=True).indices
+    return torch.from_numpy(np.argsort(dist.numpy(), axis=1, kind='stable'))
+
+
+def per_query_chunk(function, count, size, threads=None):
+    """[function(start, stop) for query chunks of `size`], one chunk per core at a time, each
+    single-threaded in torch (small operations split over cores only wait on each other)."""
+    starts = range(0, count, size)
+    threads = threads or torch.get_num_threads()
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(lambda s: function(s, min(s + size, count)), starts))
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _first_k(dist, k, bit, xp):
+    """Per row of `dist` (queries x items): the limit d* (the k-th smallest distance, bit + 1 where
+    a row has fewer than k items) and how many items at d* the top k takes (the first ones)."""
+    rows = dist.shape[0]
+    offsets = xp.arange(rows)[:, None] * (bit + 2)
+    flat = (dist.astype(np.int64) if xp is np else dist.long()) + offsets
+    counts = xp.bincount(flat.reshape(-1), minlength=rows * (bit + 2)).reshape(rows, bit + 2)
+    below = counts.cumsum(1)
+    limit = (below < k).sum(1)  # first distance whose cumulative count reaches k
+    before = xp.where(limit > 0, below[xp.arange(rows), (limit - 1).clip(0, None)], 0)
+    return limit, k - before
+
+
+def _take(dist, limit, need, xp):
+    """(query, item) pairs of the top k: distance below the limit, or at it among the first `need`
+    of the row in database order."""
+    at = dist == limit[:, None]
+    # at.cumsum(1): the rank of an item among its row's items at the limit, in database order.
+    keep = (dist < limit[:, None]) | (at & (at.cumsum(1) <= need[:, None]))
+    return xp.nonzero(keep) if xp is np else keep.nonzero(as_tuple=True)
+
+
+def _ordered(q, d, j, rows, k, n, bit, xp):
+    """Rows x k (distances, indices) of the flat (query, distance, index) triples, each row ordered
+    by (distance, index) and cut to k; -1 pads a row with fewer."""
+    d = d.astype(np.int64) if xp is np else d.long()
+    order = xp.argsort((q * (bit + 2) + d) * n + j)
+    q, d, j = q[order], d[order], j[order]
+    starts = xp.searchsorted(q, xp.arange(rows)) if xp is np else torch.searchsorted(q, torch.arange(rows, device=q.device))
+    position = (xp.arange(len(q)) if xp is np else torch.arange(len(q), device=q.device)) - starts[q]
+    keep = position < k
+    if xp is np:
+        dist = np.full((rows, k), -1, np.int64)
+        index = np.full((rows, k), -1, np.int64)
+    else:
+        dist = torch.full((rows, k), -1, dtype=torch.int64, device=q.device)
+        index = torch.full((rows, k), -1, dtype=torch.int64, device=q.device)
+    dist[q[keep], position[keep]] = d[keep]
+    index[q[keep], position[keep]] = j[keep]
+    return dist, index
+
+
+def _prune(kept, pending, rows, k, n, bit):
+    """The best k of each query among the kept and pending triples, flat, and the new admission
+    limit (the k-th distance of a full row, bit + 1 otherwise)."""
+    found = [kept] if kept is not None else []
+    found = [np.concatenate(column) for column in zip(*found, *pending)]
+    top_d, top_j = _ordered(*found, rows, k, n, bit, np)
+    filled = top_j >= 0
+    limit = np.where(filled.all(1), top_d[:, -1], bit + 1).astype(top_d.dtype)
+    return (np.nonzero(filled)[0], top_d[filled], top_j[filled]), limit
+
+
+def top_k(query, database, k, bit):
+    """Top k of each query: (distances, indices), both queries x k int64, ordered by distance then
+    database position (SPEC §7). `query` and `database` are packed rows (numpy, scanned in blocks
+    on the CPU cores) or ±1 code tensors (torch: one distance matrix per chunk of queries, on
+    their device). k is at most the database size."""
+    if torch.is_tensor(database):
+        return _top_k_torch(query, database, k, bit)
+    qw, dbw = words(query), words(database)
+    dtype = np.uint8 if bit < 255 else np.uint16
+
+    def chunk(start, stop):
+        rows = stop - start
+        q = qw[start:stop]
+        dist = np.empty((rows, BLOCK), dtype)
+        scratch = np.empty((rows, BLOCK), np.uint64)
+        admitted = np.empty((rows, BLOCK), bool)
+        kept, pending = None, []  # the best k so far and the items admitted since, (query, distance, index)
+        limit = None  # admit only distances below it: later ties lose to earlier items
+        for first in range(0, len(dbw), BLOCK):
+            block = dbw[first:first + BLOCK]
+            d = distances(q, block, dtype, dist[:, :len(block)], scratch[:, :len(block)])
+            if kept is None:
+                limit, need = _first_k(d, k, bit, np)
+                qi, j = _take(d, limit, need, np)
+            else:
+                mask = np.less(d, limit[:, None], out=admitted[:, :len(block)])
+                if not np.count_nonzero(mask):  # the common case once the limit is tight
+                    continue
+                qi, j = np.divmod(np.flatnonzero(mask), len(block))
+            pending.append((qi, d[qi, j].astype(np.int64), j + first))
+            if kept is None or sum(len(p[0]) for p in pending) > rows * k:
+                kept, limit = _prune(kept, pending, rows, k, len(dbw), bit)
+                pending = []
+        if pending:
+            kept, _ = _prune(kept, pending, rows, k, len(dbw), bit)
+        return _ordered(*kept, rows, k, len(dbw), bit, np)
+
+    parts = per_query_chunk(chunk, len(qw), QUERY_CHUNK)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _top_k_torch(query, database, k, bit):
+    dist_parts, index_parts = [], []
+    chunk = max(1, min(256, 2 ** 26 // len(database)))  # int64 temporaries of chunk x database
+    db_t = database.float().T.contiguous()
+    for start in range(0, len(query), chunk):
+        # ±1 codes: distance = (bit - <q, d>) / 2, exact in float32 for any code length used here.
+        dist = ((bit - query[start:start + chunk].float() @ db_t) / 2).round().to(torch.int16)
+        limit, need = _first_k(dist, k, bit, torch)
+        qi, j = _take(dist, limit, need, torch)
+        d, i = _ordered(qi, dist[qi, j], j, len(dist), k, len(database), bit, torch)
+        dist_parts.append(d)
+        index_parts.append(i)
+    return torch.cat(dist_parts), torch.cat(index_parts)
