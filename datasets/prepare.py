@@ -46,7 +46,7 @@ class Collection:
     paths: list        # image file of each row
     text: np.ndarray   # N x V 0/1 uint8
     labels: np.ndarray # N x K 0/1 uint8
-    ids: list          # source id of each row (image number, image-list line, manifest line)
+    ids: list          # source id of each row (image number, image-list line, manifest image)
     vocabulary: list
     label_names: list
     total: int         # items in the source before any was dropped
@@ -272,7 +272,7 @@ def read_manifest(manifest, vocab_size=None, min_count=1, labels=None):
                                label_matrix.sum(1) == 0),
         ('no word in the vocabulary', text.sum(1) == 0)])
     collection = Collection('manifest', [path.parent / image for _, image, _, _ in items], text,
-                            label_matrix, [f'{path.name}:{line}' for line, *_ in items], vocabulary,
+                            label_matrix, [image for _, image, _, _ in items], vocabulary,
                             list(label_names), len(items), dropped)
     return _subset(collection, keep)
 
@@ -333,8 +333,8 @@ def features_made(cnn, weights):
     if cnn is None:
         return {'kind': 'raw', 'weights': None, 'weights_sha256': None, 'resize': RESIZE,
                 'average_image': 'not subtracted (train subtracts it)'}
-    return {'kind': 'cnn_f_fc7', 'weights': str(weights), 'weights_sha256': _sha256(weights),
-            'resize': RESIZE, 'average_image': "subtracted (the weight file's averageImage)"}
+    return {'kind': 'cnn_f_fc7', 'weights': os.path.abspath(weights),
+            'weights_sha256': _sha256(weights), 'resize': RESIZE, 'average_image': "subtracted (the weight file's averageImage)"}
 
 
 def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64, workers=2,

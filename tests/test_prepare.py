@@ -129,6 +129,7 @@ def test_mir_counts_vocabulary_labels_and_row_order(mir_file):
     assert labels.tolist() == [[c(n) for c in CONCEPTS.values()] for n in numbers]
     assert open(out, 'rb').read(19) == b'MATLAB 7.3 MAT-file'
     assert sidecar['features']['kind'] == 'cnn_f_fc7' and len(sidecar['features']['weights_sha256']) == 64
+    assert Path(sidecar['features']['weights']).is_absolute()  # search reads it from anywhere
 
 
 def test_mir_features_are_cnn_f_of_the_decoded_images(mir_file, work):
@@ -209,8 +210,7 @@ def test_manifest(work, capsys, tmp_path, kind):
     assert sidecar['labels'] == ['car', 'night', 'road']
     # document counts 4, 3, 3, then 2 each; ties alphabetical
     assert sidecar['vocabulary'] == ['car', 'night', 'road', 'a', 'red', 'the']
-    first = 2 if kind == 'csv' else 1  # the CSV's header is line 1
-    assert sidecar['ids'] == [f'items.{kind}:{first + i}' for i in (0, 1, 2, 3, 6)]
+    assert sidecar['ids'] == ['a/1.jpg', 'a/2.jpg', 'b/3.jpg', 'b/4.jpg', 'b/7.jpg']  # the images as given
     assert sidecar['counts']['dropped'] == {'no text': 1, 'no label': 1}
     with h5py.File(out, 'r') as f:
         assert f['LAll'][()].T.tolist() == [[1, 0, 1], [1, 0, 0], [0, 1, 1], [0, 1, 0], [0, 0, 1]]
