@@ -4,8 +4,6 @@ The database is ranked by utils/hamming.py's one ranking (Hamming distance, ties
 order), on the same packing and popcount as retrieval; queries go in chunks, bounded in memory,
 two chunks at a time on the CPU.
 """
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 
@@ -53,26 +51,19 @@ def _per_chunk(function, qB, rB, query_labels, retrieval_labels):
     packed = ((hamming.words(hamming.pack(qB)), hamming.words(hamming.pack(rB)))
               if not qB.is_cuda and (qB != 0).all() and (rB != 0).all() else None)
 
-    def run(start):
+    def run(start, stop):
         if packed:
-            dist2 = hamming.distances(packed[0][start:start + size], packed[1], np_dtype)
+            dist2 = hamming.distances(packed[0][start:stop], packed[1], np_dtype)
             dist2 = torch.from_numpy(np.left_shift(dist2, 1, out=dist2))
         else:
-            dist2 = torch.addmm(torch.tensor(float(bit), device=qB.device), qB[start:start + size],
+            dist2 = torch.addmm(torch.tensor(float(bit), device=qB.device), qB[start:stop],
                                 rB_T, alpha=-1).to(dtype)
-        relevant = (query_labels[start:start + size].float() @ retrieval_labels_T) > 0
+        relevant = (query_labels[start:stop].float() @ retrieval_labels_T) > 0
         return function(dist2, relevant)
 
-    starts = range(0, qB.shape[0], size)
     if qB.is_cuda:
-        return [run(start) for start in starts]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(run, starts))
-    finally:
-        torch.set_num_threads(threads)
+        return [run(start, start + size) for start in range(0, qB.shape[0], size)]
+    return hamming.per_query_chunk(run, qB.shape[0], size)
 
 
 def _ranked(dist2, relevant):
