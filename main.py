@@ -567,21 +567,11 @@ def search(database, text=None, image=None, rows=None, modality='image', topk=20
     """The top --topk items of --database for a query: --text words, an --image file, or --rows
     of --data_path (of --modality)."""
     from retrieval import api
-    if sum(x is not None for x in (text, image, rows)) != 1:
-        raise UserError('give one query: --text "words", --image FILE or --rows a:b (with --data_path)')
     if not isinstance(topk, int) or topk <= 0:
         raise UserError(f'--topk must be a positive integer, got {topk!r}')
     api.open_codes(database)  # a bad codes file is refused before the model loads
     run = api.load_run(**options)
-    if text is not None:
-        queries, modality = run.encode_words(str(text)), 'text'
-    elif image is not None:
-        queries, modality = run.encode_image_file(image), 'image'
-    else:
-        selected = api.parse_rows(rows, len(run.data))
-        x = (run.data.images if modality == 'image' else run.data.text)[selected.start:selected.stop]
-        queries = (run.encode_images if modality == 'image' else run.encode_text)(
-            x if run.raw_images and modality == 'image' else np.asarray(x))
+    queries, modality = api.encode_query(run, text, image, rows, modality)
     results, notes = api.search(run, database, queries, modality, topk, index, same_modality, nprobe)
     for note in notes:
         print(note, file=sys.stderr)

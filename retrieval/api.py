@@ -74,6 +74,16 @@ class Run:
             features = (features - self.data.image_mean) / self.data.image_std
         return self.encode_images(features)
 
+    def encode_rows(self, rows, modality):
+        """Codes of the rows 'a:b' of the data file in one modality."""
+        selected = parse_rows(rows, len(self.data))
+        if modality == 'text':
+            return self.encode_text(self.data.text[selected.start:selected.stop])
+        images = self.data.images[selected.start:selected.stop]
+        if self.raw_images:  # the method reads them from disk batch by batch
+            return self.method.encode_images(images).cpu()
+        return self.encode_images(images)
+
     @property
     def raw_images(self):
         return isinstance(self.data.images, RawImages)
@@ -113,6 +123,20 @@ def load_run(**options):
     method = method_class(cfg, 1, device, cnn)
     method.load_best(main.run_dir(cfg), device)
     return Run(cfg, device, method, data)
+
+
+def encode_query(run, text=None, image=None, rows=None, modality='image'):
+    """(codes, modality) of one kind of query: words, an image file, or rows 'a:b' of the run's
+    data file in `modality`."""
+    if sum(x is not None for x in (text, image, rows)) != 1:
+        raise UserError('give one query: --text "words", --image FILE or --rows a:b (with --data_path)')
+    if text is not None:
+        return run.encode_words(str(text)), 'text'
+    if image is not None:
+        return run.encode_image_file(image), 'image'
+    if modality not in ('image', 'text'):
+        raise UserError(f'--modality of a --rows query must be image or text, got {modality!r}')
+    return run.encode_rows(rows, modality), modality
 
 
 def parse_rows(rows, count):
