@@ -103,11 +103,16 @@ def run_options(out):
     return json_lib.loads(path.read_text()) if path.is_file() else None
 
 
-def load_splits(cfg, device):
+def read_data(cfg):
+    """The data file of `cfg` (the demo's written on first use), read as the method takes it."""
     if cfg.flag == 'demo':
         ensure_demo(cfg.data_path)
-    data = load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
+    return load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
                      standardise_images=METHODS[cfg.model].STANDARDISE_FEATURES)
+
+
+def load_splits(cfg, device):
+    data = read_data(cfg)
     splits = Splits(data, cfg.layout, cfg.query_size, cfg.db_size, cfg.training_size, device,
                     cfg.valid_size if cfg.select_on == 'valid' else None)
     sizes = splits.sizes()
@@ -118,14 +123,32 @@ def load_splits(cfg, device):
     return splits
 
 
-def make_method(cfg, splits, device):
-    """The method of --model; on raw images its image net starts with CNN-F (SPEC §2)."""
+def make_method(cfg, raw_images, num_train, device):
+    """The method of --model for `num_train` training rows; on raw images its image net starts
+    with CNN-F (SPEC §2)."""
     method = METHODS[cfg.model]
     cnn = None
-    if splits.raw_images:
+    if raw_images:
         cnn = CNNF.from_matconvnet(cfg.pretrain_model_path, method.SUBTRACT_AVERAGE_IMAGE)
         print(f'raw images: CNN-F from {cfg.pretrain_model_path} ({cnn.out_dim}-d fc7)')
-    return method(cfg, splits.sizes()['train'], device, cnn)
+    return method(cfg, num_train, device, cnn)
+
+
+def trained_run(cfg, device):
+    """The run folder of the trained model of `cfg` and the options it was trained with (its
+    config.json, or {}). `cfg` takes the run's --tf32 and --amp and the device is set up with
+    them, so that codes are computed as train validated them."""
+    out = run_dir(cfg)
+    if not model_file(cfg).is_file():
+        raise UserError(f'{model_file(cfg)}: no trained model here (train first, or check '
+                        '--checkpoint_dir, --flag and --bit)')
+    trained = run_options(out) or {}
+    for name in config.NUMERICS:
+        if name in trained and trained[name] != getattr(cfg, name):
+            print(f'--{name} {trained[name]}, as the run was trained ({out / "config.json"})')
+            setattr(cfg, name, trained[name])
+    configure_device(cfg, device)
+    return out, trained
 
 
 def retrieval_pairs(method, splits):
@@ -250,7 +273,7 @@ def train(**options):
             splits.append_mixed_training(shuffle)
             print(f'data_enhance: {splits.sizes()["train"]} training samples with the mixed ones')
         num_train = splits.sizes()['train']
-        method = make_method(cfg, splits, device)
+        method = make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
     if world.size > 1:
         if device.type == 'cuda':
             torch.cuda.set_device(device)
@@ -387,19 +410,10 @@ def stop_training(signum, out, epoch, saved_epoch):
 def test(**options):
     cfg = config.parse(options)
     device = resolve_device(cfg.device)
-    out = run_dir(cfg)
-    if not model_file(cfg).is_file():
-        raise UserError(f'{model_file(cfg)}: no trained model here (train first, or check '
-                        '--checkpoint_dir, --flag and --bit)')
-    trained = run_options(out) or {}
-    for name in config.NUMERICS:  # compute the codes as train validated them
-        if name in trained and trained[name] != getattr(cfg, name):
-            print(f'--{name} {trained[name]}, as the run was trained ({out / "config.json"})')
-            setattr(cfg, name, trained[name])
-    configure_device(cfg, device)
+    out, trained = trained_run(cfg, device)
     seed_everything(cfg.seed)
     splits = load_splits(cfg, device)
-    method = make_method(cfg, splits, device)
+    method = make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
     method.load_best(out, device)
 
     figures = {}
@@ -469,7 +483,7 @@ def bench(epochs=3, **options):
     if splits.raw_images:
         raise UserError(f'{cfg.data_path}: bench times feature files; this one holds raw images')
     num_train = splits.sizes()['train']
-    method = make_method(cfg, splits, device)
+    method = make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
     # FLOPs of the generator's matrix products (the discriminators and losses add a few percent):
     # 2 per weight and sample forward, 4 backward, minus the input gradients of the first layers.
     weights = {name: sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))

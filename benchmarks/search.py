@@ -115,7 +115,7 @@ def encode_speed(threads):
         device = main.resolve_device('cpu')
         main.configure_device(cfg, device)
         splits = main.load_splits(cfg, device)
-        method = main.make_method(cfg, splits, device)
+        method = main.make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
         main.run_dir(cfg).mkdir(parents=True)
         method.save_best(main.run_dir(cfg))
         _, valid_s = timed(lambda: main.retrieval_pairs(method, splits))

@@ -12,7 +12,7 @@ item's code encoded within a batch by `write`. DADH's codes are per item.
 import torch
 
 import config
-from datasets.data_handler import RawImages, load_data
+from datasets.data_handler import RawImages
 from datasets.images import load_image
 from datasets.prepare import load_sidecar
 from datasets.text import bag_of_words, outside, tokenize
@@ -103,25 +103,10 @@ def load_run(**options):
     import main
     cfg = config.parse(options)
     device = main.resolve_device(cfg.device)
-    if not main.model_file(cfg).is_file():
-        raise UserError(f'{main.model_file(cfg)}: no trained model here (train first, or check '
-                        '--checkpoint_dir, --flag and --bit)')
-    trained = main.run_options(main.run_dir(cfg)) or {}
-    for name in config.NUMERICS:
-        if name in trained:
-            setattr(cfg, name, trained[name])
-    main.configure_device(cfg, device)
-    if cfg.flag == 'demo':
-        main.ensure_demo(cfg.data_path)
-    method_class = main.METHODS[cfg.model]
-    data = load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
-                     standardise_images=method_class.STANDARDISE_FEATURES)
-    cnn = None
-    if isinstance(data.images, RawImages):
-        from models.cnn_f import CNNF
-        cnn = CNNF.from_matconvnet(cfg.pretrain_model_path, method_class.SUBTRACT_AVERAGE_IMAGE)
-    method = method_class(cfg, 1, device, cnn)
-    method.load_best(main.run_dir(cfg), device)
+    out, _ = main.trained_run(cfg, device)
+    data = main.read_data(cfg)
+    method = main.make_method(cfg, isinstance(data.images, RawImages), 1, device)
+    method.load_best(out, device)
     return Run(cfg, device, method, data)
 
 
