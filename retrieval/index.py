@@ -42,7 +42,6 @@ def search(database, queries, k, index='exact', faiss_index=None, nlist=None, np
     bit = database.shape[1] * 8
     if index == 'exact':
         return hamming.top_k(queries, database, k, bit)
-    import faiss
     faiss_index = faiss_index or make_index(database, index, nlist)
     if index == 'ivf':
         faiss_index.nprobe = nprobe
