@@ -1,7 +1,6 @@
 """torchrun (2 processes, gloo) gives the run one process gives: DADH with and without dropout and
 AGAH; a 2-process run stopped by a scheduler's SIGTERM and resumed with 1 process ends as the
 uninterrupted run; a bad input on one node ends every rank with the same line."""
-import json
 import signal
 import socket
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from tests.matfiles import small_dataset, write_v7
 from tests.test_main import REPO
 from tests.test_resume import wait_for_line
 
@@ -22,14 +20,6 @@ OPTIONS = ['--bit', '16', '--device', 'cpu', '--vis_env', 'None', '--image_dim',
 DADH = ['--hidden_dim', '64', '--valid', 'False', '--max_epoch', '2']
 AGAH = ['--model', 'agah', '--emb_dim', '64', '--query_size', '50', '--valid', 'False',
         '--max_epoch', '1']
-
-
-@pytest.fixture(scope='module')
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'mir.mat'
-    images, text, labels = small_dataset(n=300)
-    write_v7(path, {'images': images, 'YAll': text, 'LAll': labels})
-    return path
 
 
 def free_port():

@@ -11,20 +11,11 @@ import time
 import pytest
 import torch
 
-from tests.matfiles import small_dataset, write_v7
 from tests.test_main import REPO, TINY, run_main
 from utils.checkpoint import atomic_write
 from utils.errors import UserError
 
 SIZES = ['--db_size', '250', '--training_size', '200']
-
-
-@pytest.fixture(scope='module')
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'mir.mat'
-    images, text, labels = small_dataset(n=300)
-    write_v7(path, {'images': images, 'YAll': text, 'LAll': labels})
-    return path
 
 
 def start(data_path, checkpoint_dir, *options):

@@ -41,14 +41,20 @@ def main(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+def train_and_encode(tmp, options):
+    """Train for 2 epochs with `options`, then encode every row into tmp/codes.h5."""
+    trained = main('train', *options, '--max_epoch', 2, '--vis_env', 'None')
+    assert trained.returncode == 0, trained.stderr
+    done = main('encode', *options, '--out', tmp / 'codes.h5')
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('demo')
     options = ['--flag', 'demo', '--hidden_dim', 64, '--bit', 16, '--device', 'cpu',
                '--checkpoint_dir', tmp, '--data_path', tmp / 'demo.mat']
-    assert main('train', *options, '--max_epoch', 2, '--vis_env', 'None').returncode == 0
-    done = main('encode', *options, '--out', tmp / 'codes.h5')
-    assert done.returncode == 0, done.stderr
+    train_and_encode(tmp, options)
     return tmp, options
 
 
@@ -171,10 +177,7 @@ def mini_run(tmp_path_factory):
                '--text_dim', len(VOCABULARY), '--num_label', len(LABELS), '--db_size', 50,
                '--query_size', 10, '--training_size', 50, '--hidden_dim', 64, '--bit', 32,
                '--device', 'cpu', '--checkpoint_dir', tmp, '--pretrain_model_path', weights]
-    trained = main('train', *options, '--max_epoch', 2, '--vis_env', 'None')
-    assert trained.returncode == 0, trained.stderr
-    done = main('encode', *options, '--out', tmp / 'codes.h5')
-    assert done.returncode == 0, done.stderr
+    train_and_encode(tmp, options)
     return tmp, options
 
 

@@ -5,19 +5,10 @@ import time
 
 import pytest
 
-from tests.matfiles import small_dataset, write_v7
 from tests.test_main import TINY, run_main
 from tests.visdom_server import free_port, visdom_server
 
 SIZES = ['--db_size', '250', '--training_size', '200', '--max_epoch', '2']
-
-
-@pytest.fixture(scope='module')
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'mir.mat'
-    images, text, labels = small_dataset(n=300)
-    write_v7(path, {'images': images, 'YAll': text, 'LAll': labels})
-    return path
 
 
 def window_points(port, env, win):
