@@ -6,14 +6,21 @@ byte), bit/8 bytes a row, and read as uint64 words for popcount. The ranking is 
 ascending with ties in database order. Top-k never sorts the database: distances take only
 bit + 1 values, so counting them finds the k-th distance d*; the items below d* and the first ones
 at d* (in database order) are the top k, and only those few are sorted.
+
+The CPU kernels are compiled by numba (cached beside this file): a popcount loop that LLVM
+vectorises runs 5-10x faster than numpy's XOR, popcount and compare passes, and the scan keeps no
+database-sized temporary.
 """
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 import torch
+from numba.extending import intrinsic
 
-BLOCK = 16384  # database items per step of a query chunk: the XOR temporary stays in the cache
-QUERY_CHUNK = 32
+BLOCK = 4096  # database codes a step: the block and its distances stay in the core's cache
+SCREEN = 256  # a block's distances are screened in parts of this many by their minimum
+QUERY_CHUNK = 128  # queries per database pass (a thread's share): the block is read once for all
 
 
 def pack(codes):
@@ -39,17 +46,48 @@ def words(packed):
     return padded.view(np.uint64)
 
 
-def distances(query_words, db_words, dtype=np.uint8, out=None, scratch=None):
+@intrinsic
+def _popcount(typingctx, x):
+    """LLVM's ctpop: vectorised to AVX-512's vpopcntq where the CPU has it."""
+    return x(x), lambda context, builder, signature, args: builder.ctpop(args[0])
+
+
+@numba.njit(nogil=True, cache=True)
+def _load_block(db_words, first, block):
+    """Database rows [first, first + BLOCK) into `block`, word-major (words x BLOCK), so that each
+    word's popcount loop reads contiguously; returns how many rows there were."""
+    count = min(BLOCK, len(db_words) - first)
+    for t in range(count):
+        for w in range(db_words.shape[1]):
+            block[w, t] = db_words[first + t, w]
+    return count
+
+
+@numba.njit(nogil=True, cache=True)
+def _block_distances(query_row, block, count, dist):
+    """dist[:count] = Hamming distances of one query's words to the block's first `count` codes."""
+    word = query_row[0]
+    for t in range(count):
+        dist[t] = _popcount(word ^ block[0, t])
+    for w in range(1, len(query_row)):
+        word = query_row[w]
+        for t in range(count):
+            dist[t] += _popcount(word ^ block[w, t])
+
+
+@numba.njit(nogil=True, cache=True)
+def _distances(query_words, db_words, out):
+    block = np.empty((db_words.shape[1], BLOCK), np.uint64)
+    for first in range(0, len(db_words), BLOCK):
+        count = _load_block(db_words, first, block)
+        for q in range(len(query_words)):
+            _block_distances(query_words[q], block, count, out[q, first:first + count])
+
+
+def distances(query_words, db_words, dtype=np.uint8):
     """Hamming distances, queries x database, by popcount of the XORed words."""
-    shape = (len(query_words), len(db_words))
-    out = np.empty(shape, dtype) if out is None else out
-    scratch = np.empty(shape, np.uint64) if scratch is None else scratch
-    for word in range(query_words.shape[1]):
-        np.bitwise_xor(query_words[:, None, word], db_words[None, :, word], out=scratch)
-        if word == 0:
-            np.bitwise_count(scratch, out=out, casting='unsafe')
-        else:
-            out += np.bitwise_count(scratch).astype(dtype, copy=False)
+    out = np.empty((len(query_words), len(db_words)), dtype)
+    _distances(np.ascontiguousarray(query_words), np.ascontiguousarray(db_words), out)
     return out
 
 
@@ -117,15 +155,71 @@ def _ordered(q, d, j, rows, k, n, bit, xp):
     return dist, index
 
 
-def _prune(kept, pending, rows, k, n, bit):
-    """The best k of each query among the kept and pending triples, flat, and the new admission
-    limit (the k-th distance of a full row, bit + 1 otherwise)."""
-    found = [kept] if kept is not None else []
-    found = [np.concatenate(column) for column in zip(*found, *pending)]
-    top_d, top_j = _ordered(*found, rows, k, n, bit, np)
-    filled = top_j >= 0
-    limit = np.where(filled.all(1), top_d[:, -1], bit + 1).astype(top_d.dtype)
-    return (np.nonzero(filled)[0], top_d[filled], top_j[filled]), limit
+@numba.njit(nogil=True, cache=True)
+def _keep_best(dist, index, count, k, histogram):
+    """Cut a query's candidates (dist, index)[:count], in database order, to its best k in place:
+    distances below the k-th distance d* and the first ones at d*. Returns (k, d*)."""
+    histogram[:] = 0
+    for t in range(count):
+        histogram[dist[t]] += 1
+    below, limit = 0, 0
+    while below + histogram[limit] < k:
+        below += histogram[limit]
+        limit += 1
+    at_limit, kept = k - below, 0
+    for t in range(count):
+        if dist[t] < limit or (dist[t] == limit and at_limit > 0):
+            at_limit -= dist[t] == limit
+            dist[kept], index[kept] = dist[t], index[t]
+            kept += 1
+    return kept, limit
+
+
+@numba.njit(nogil=True, cache=True)
+def _scan(query_words, db_words, k, bit, dist, out_dist, out_index):
+    """The top k of each query over the whole database, one block at a time for all the queries.
+    A query admits a code only below its limit (the k-th distance of its best k so far; ties at
+    it lose to the earlier codes), so past the first blocks a screen of the block's minimum
+    distances skips nearly all of them."""
+    queries, capacity = len(query_words), 2 * k
+    cand_dist = np.empty((queries, capacity), np.int32)
+    cand_index = np.empty((queries, capacity), np.int64)
+    count = np.zeros(queries, np.int64)
+    limit = np.full(queries, bit + 1, np.int32)
+    histogram = np.empty(bit + 2, np.int64)
+    block = np.zeros((db_words.shape[1], BLOCK), np.uint64)
+    far = dist.dtype.type(bit + 1)
+    for first in range(0, len(db_words), BLOCK):
+        codes = _load_block(db_words, first, block)
+        for q in range(queries):
+            _block_distances(query_words[q], block, BLOCK, dist)
+            dist[codes:] = far  # the last block's padding: never admitted
+            below = dist.dtype.type(limit[q])
+            for part in range(0, BLOCK, SCREEN):
+                low = far
+                for t in range(part, part + SCREEN):  # fixed bounds: LLVM vectorises the minimum
+                    low = min(low, dist[t])
+                if low >= below:
+                    continue
+                for t in range(part, part + SCREEN):
+                    if dist[t] < below:
+                        c = count[q]
+                        cand_dist[q, c], cand_index[q, c] = dist[t], first + t
+                        count[q] = c + 1
+                        if c + 1 == capacity:
+                            count[q], limit[q] = _keep_best(cand_dist[q], cand_index[q], capacity, k, histogram)
+                            below = dist.dtype.type(limit[q])
+    for q in range(queries):
+        kept, _ = _keep_best(cand_dist[q], cand_index[q], count[q], k, histogram)
+        # counting sort by distance, stable: the candidates are in database order
+        histogram[:] = 0
+        for t in range(kept):
+            histogram[cand_dist[q, t] + 1] += 1
+        histogram[:] = np.cumsum(histogram)
+        for t in range(kept):
+            position = histogram[cand_dist[q, t]]
+            histogram[cand_dist[q, t]] += 1
+            out_dist[q, position], out_index[q, position] = cand_dist[q, t], cand_index[q, t]
 
 
 def top_k(query, database, k, bit):
@@ -135,38 +229,19 @@ def top_k(query, database, k, bit):
     their device). k is at most the database size."""
     if torch.is_tensor(database):
         return _top_k_torch(query, database, k, bit)
+    if not 0 < k <= len(database):
+        raise ValueError(f'top_k: k must be in [1, {len(database)}], got {k}')
     qw, dbw = words(query), words(database)
-    dtype = np.uint8 if bit < 255 else np.uint16
+    out_dist = np.empty((len(qw), k), np.int64)
+    out_index = np.empty((len(qw), k), np.int64)
 
     def chunk(start, stop):
-        rows = stop - start
-        q = qw[start:stop]
-        dist = np.empty((rows, BLOCK), dtype)
-        scratch = np.empty((rows, BLOCK), np.uint64)
-        admitted = np.empty((rows, BLOCK), bool)
-        kept, pending = None, []  # the best k so far and the items admitted since, (query, distance, index)
-        limit = None  # admit only distances below it: later ties lose to earlier items
-        for first in range(0, len(dbw), BLOCK):
-            block = dbw[first:first + BLOCK]
-            d = distances(q, block, dtype, dist[:, :len(block)], scratch[:, :len(block)])
-            if kept is None:
-                limit, need = _first_k(d, k, bit, np)
-                qi, j = _take(d, limit, need, np)
-            else:
-                mask = np.less(d, limit[:, None], out=admitted[:, :len(block)])
-                if not np.count_nonzero(mask):  # the common case once the limit is tight
-                    continue
-                qi, j = np.divmod(np.flatnonzero(mask), len(block))
-            pending.append((qi, d[qi, j].astype(np.int64), j + first))
-            if kept is None or sum(len(p[0]) for p in pending) > rows * k:
-                kept, limit = _prune(kept, pending, rows, k, len(dbw), bit)
-                pending = []
-        if pending:
-            kept, _ = _prune(kept, pending, rows, k, len(dbw), bit)
-        return _ordered(*kept, rows, k, len(dbw), bit, np)
+        dist = np.empty(BLOCK, np.uint8 if bit < 255 else np.uint16)
+        _scan(qw[start:stop], dbw, k, bit, dist, out_dist[start:stop], out_index[start:stop])
 
-    parts = per_query_chunk(chunk, len(qw), QUERY_CHUNK)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    share = -(-len(qw) // torch.get_num_threads())  # a few queries still keep every core busy
+    per_query_chunk(chunk, len(qw), min(QUERY_CHUNK, share))
+    return out_dist, out_index
 
 
 def _top_k_torch(query, database, k, bit):
