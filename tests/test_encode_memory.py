@@ -80,14 +80,15 @@ main.run_dir(cfg).mkdir(parents=True)
 main.make_method(cfg, False, 1, torch.device('cpu')).save_best(main.run_dir(cfg))  # random weights
 before = peak_mb()
 run = api.load_run(**options)
-api.write(run, Path(options['checkpoint_dir']) / 'codes.h5')
+api.write(run, Path(options['checkpoint_dir']) / 'codes.h5', 'image')
 print(json.dumps({'before_mb': before, 'after_mb': peak_mb(), 'rows': len(run.data)}))
 """
 
 
 def test_encode_memory_does_not_grow_with_the_rows(tmp_path):
-    """A 250000 x 512 float32 image matrix (500 MB) in a v7.3 file: encode's peak resident memory
-    grows by a small fraction of it (the chunks, not the matrix)."""
+    """A 250000 x 512 float32 image matrix (488 MB) in a v7.3 file: encoding its image codes
+    raises the peak resident memory by a small fraction of it (the chunks, not the matrix: about
+    66 MB; read whole, 544 MB)."""
     n, width = 250_000, 512
     rng = np.random.default_rng(0)
     labels = np.zeros((n, 4), np.uint8)
