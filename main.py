@@ -103,12 +103,13 @@ def run_options(out):
     return json_lib.loads(path.read_text()) if path.is_file() else None
 
 
-def read_data(cfg):
-    """The data file of `cfg` (the demo's written on first use), read as the method takes it."""
+def read_data(cfg, lazy=False):
+    """The data file of `cfg` (the demo's written on first use), read as the method takes it;
+    `lazy` leaves its rows on disk until asked for (load_data)."""
     if cfg.flag == 'demo':
         ensure_demo(cfg.data_path)
     return load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
-                     standardise_images=METHODS[cfg.model].STANDARDISE_FEATURES)
+                     standardise_images=METHODS[cfg.model].STANDARDISE_FEATURES, lazy=lazy)
 
 
 def load_splits(cfg, device):

@@ -3,8 +3,10 @@
 Three layouts: one MATLAB v5/v7 file (scipy), one MATLAB v7.3 file (HDF5 through h5py: arrays appear
 axis-reversed), or a folder holding the three DCMH/AGAH NUS-WIDE files. Large arrays are read in
 chunks straight into one float32 array, and the image statistics are streamed, so a NUS-WIDE-sized
-file costs little more than its float32 image matrix.
+file costs little more than its float32 image matrix. Read lazily (as encode and search do), the
+matrices stay on disk as FileRows and only the rows asked for are read.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -19,8 +21,9 @@ HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 
 
 class Data:
-    """The whole file as float32 arrays, one row per sample; images standardised, with the scalar
-    mean and std applied (None when not), which queries from outside the file need too."""
+    """The whole file as float32 arrays (or FileRows), one row per sample; images standardised,
+    with the scalar mean and std applied (None when not), which queries from outside the file need
+    too."""
 
     def __init__(self, images, text, labels, source, image_mean=None, image_std=None):
         self.images, self.text, self.labels, self.source = images, text, labels, source
@@ -91,6 +94,31 @@ class _Array:
     def rows(self, start, stop, sample_axis):
         block = self._read_rows(start, stop, sample_axis)
         return block if sample_axis == 0 else block.T
+
+
+class FileRows:
+    """One matrix of an open data file as N float32 rows read on indexing: rows[a:b] is a 2-D
+    array, rows[i] one row; standardised with `mean` and `std` when they are set."""
+
+    def __init__(self, array, n, sample_axis):
+        self.array, self.sample_axis, self.shape = array, sample_axis, (n, array.shape[1 - sample_axis])
+        self.mean = self.std = None
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            row = range(len(self))[index]
+            return self[row:row + 1][0]
+        start, stop, step = index.indices(len(self))
+        assert step == 1, 'FileRows reads contiguous rows'
+        # C order as _read's array has it: the statistics then sum in the same order
+        block = np.ascontiguousarray(self.array.rows(start, max(start, stop), self.sample_axis),
+                                     dtype=np.float32)
+        if self.mean is None:
+            return block
+        return ((block - self.mean) / self.std).astype(np.float32)
 
 
 def _open_v5(path, keys):
@@ -216,43 +244,53 @@ def _first_bad_row(x, bad):
     return None
 
 
-def standardise(images):
-    """In place: x <- (x - mean(X)) / std(X) with one scalar mean and std over the whole matrix
-    (SPEC §1), accumulated in float64 chunk by chunk; returns (mean, std)."""
-    count = images.size
-    total = sum(images[s:s + CHUNK_ROWS].sum(dtype=np.float64) for s in range(0, len(images), CHUNK_ROWS))
-    mean = total / count
-    squares = sum(np.square(images[s:s + CHUNK_ROWS] - mean, dtype=np.float64).sum()
-                  for s in range(0, len(images), CHUNK_ROWS))
-    std = np.sqrt(squares / count)
+def _chunks(x):
+    return (x[s:s + CHUNK_ROWS] for s in range(0, len(x), CHUNK_ROWS))
+
+
+def image_statistics(images):
+    """One scalar mean and std over the whole matrix (SPEC §1), accumulated in float64 chunk by
+    chunk over an array or FileRows (two passes, the same sums either way)."""
+    count = len(images) * images.shape[1]
+    mean = sum(chunk.sum(dtype=np.float64) for chunk in _chunks(images)) / count
+    std = np.sqrt(sum(np.square(chunk - mean, dtype=np.float64).sum() for chunk in _chunks(images)) / count)
     if std == 0:
         raise UserError('the image features are constant (standard deviation 0): cannot standardise')
+    return mean, std
+
+
+def standardise(images):
+    """In place: x <- (x - mean(X)) / std(X) with image_statistics; returns (mean, std)."""
+    mean, std = image_statistics(images)
     for s in range(0, len(images), CHUNK_ROWS):
         images[s:s + CHUNK_ROWS] = (images[s:s + CHUNK_ROWS] - mean) / std
     return mean, std
 
 
-def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=True):
+def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=True, lazy=False):
     """Load (images, text, labels) from `path` and check them against the expected widths.
 
     `keys` names the image, text and label variables of a single file; a folder is read as the
     three-file NUS-WIDE layout (NUS_FOLDER_FILES) whatever the keys. Image features become float32
-    arrays (standardised unless told not to); raw images stay on disk as RawImages."""
-    handles = []
-    try:
+    arrays (standardised unless told not to); raw images stay on disk as RawImages. With `lazy`
+    every matrix is FileRows over the files, left open, read a chunk at a time for the checks and
+    the image statistics: memory bounded whatever the row count (a MATLAB v5 file, which scipy
+    reads whole, is held as read)."""
+    with contextlib.ExitStack() as opened_files:
         if os.path.isdir(path):
             files = [os.path.join(path, name) for name, _ in NUS_FOLDER_FILES]
             if not all(os.path.isfile(f) for f in files):
                 raise UserError(f'{path}: a folder, but not the NUS-WIDE three-file layout (expected '
                                 f"{', '.join(name for name, _ in NUS_FOLDER_FILES)})")
-            arrays = []
-            for file, (_, key) in zip(files, NUS_FOLDER_FILES):
-                opened, handle = _open(file, (key,))
-                arrays += opened
-                handles.append(handle)
+            variables = [(file, (key,)) for file, (_, key) in zip(files, NUS_FOLDER_FILES)]
         else:
-            arrays, handle = _open(path, keys)
-            handles.append(handle)
+            variables = [(path, keys)]
+        arrays = []
+        for file, file_keys in variables:
+            file_arrays, handle = _open(file, file_keys)
+            arrays += file_arrays
+            if handle is not None:
+                opened_files.callback(handle.close)
 
         raw = isinstance(arrays[0], RawImages)
         n, axes = _sample_axes(arrays)
@@ -266,27 +304,30 @@ def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=Tru
             if width != expected:
                 raise UserError(f'{array.path}: {array.key} has {width} columns, expected '
                                 f'{option} = {expected} (pass --{option} {width} if this is right)')
-        images = arrays[0] if raw else _read(arrays[0], n, axes[0])
-        text, labels = (_read(a, n, axis) for a, axis in zip(arrays[1:], axes[1:]))
-    finally:
-        for handle in handles:
-            if handle is not None:
-                handle.close()
+        read = FileRows if lazy else _read
+        images = arrays[0] if raw else read(arrays[0], n, axes[0])
+        text, labels = (read(a, n, axis) for a, axis in zip(arrays[1:], axes[1:]))
 
-    for name, array, x in (('images', arrays[0], images), ('text', arrays[1], text))[raw:]:
-        row = _first_bad_row(x, lambda c: ~np.isfinite(c))
+        for name, array, x in (('images', arrays[0], images), ('text', arrays[1], text))[raw:]:
+            row = _first_bad_row(x, lambda c: ~np.isfinite(c))
+            if row is not None:
+                raise UserError(f'{array.path}: {array.key} ({name}) has NaN or inf in row {row}')
+        row = _first_bad_row(labels, lambda c: (c != 0) & (c != 1))
         if row is not None:
-            raise UserError(f'{array.path}: {array.key} ({name}) has NaN or inf in row {row}')
-    row = _first_bad_row(labels, lambda c: (c != 0) & (c != 1))
-    if row is not None:
-        values = np.unique(labels[row][(labels[row] != 0) & (labels[row] != 1)])
-        raise UserError(f'{arrays[2].path}: {arrays[2].key} (labels) must be 0/1, found '
-                        f'{values.tolist()} in row {row}')
-    unlabelled = int((labels.sum(axis=1) == 0).sum())
-    if unlabelled:
-        warn(f'{path}: {unlabelled} of {n} samples have no label: as triplet anchors they get zero '
-             'weight (SPEC §4.1), as queries they count as MAP 0 (SPEC §7)')
-    mean = std = None
-    if standardise_images and not raw:
-        mean, std = standardise(images)
+            values = np.unique(labels[row][(labels[row] != 0) & (labels[row] != 1)])
+            raise UserError(f'{arrays[2].path}: {arrays[2].key} (labels) must be 0/1, found '
+                            f'{values.tolist()} in row {row}')
+        unlabelled = sum(int((chunk.sum(axis=1) == 0).sum()) for chunk in _chunks(labels))
+        if unlabelled:
+            warn(f'{path}: {unlabelled} of {n} samples have no label: as triplet anchors they get zero '
+                 'weight (SPEC §4.1), as queries they count as MAP 0 (SPEC §7)')
+        mean = std = None
+        if standardise_images and not raw:
+            if lazy:
+                mean, std = image_statistics(images)
+                images.mean, images.std = mean, std
+            else:
+                mean, std = standardise(images)
+        if lazy:
+            opened_files.pop_all()  # the FileRows read from them from now on
     return Data(images, text, labels, path, mean, std)

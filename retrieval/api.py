@@ -104,7 +104,7 @@ def load_run(**options):
     cfg = config.parse(options)
     device = main.resolve_device(cfg.device)
     out, _ = main.trained_run(cfg, device)
-    data = main.read_data(cfg)
+    data = main.read_data(cfg, lazy=True)  # rows are read as they are encoded
     method = main.make_method(cfg, isinstance(data.images, RawImages), 1, device)
     method.load_best(out, device)
     return Run(cfg, device, method, data)
