@@ -2,8 +2,8 @@
 and for retrieval alike.
 
 Codes are packed one bit per code bit (np.packbits: the first code bit is the high bit of the first
-byte), bit/8 bytes a row, and read as uint64 words for popcount. The ranking is by distance
-ascending with ties in database order. Top-k never sorts the database: distances take only
+byte), bit/8 bytes a row, and read as unsigned words (64-bit where a row allows) for popcount. The
+ranking is by distance ascending with ties in database order. Top-k never sorts the database: distances take only
 bit + 1 values, so counting them finds the k-th distance d*; the items below d* and the first ones
 at d* (in database order) are the top k, and only those few are sorted.
 
@@ -21,6 +21,7 @@ from numba.extending import intrinsic
 BLOCK = 4096  # database codes a step: the block and its distances stay in the core's cache
 SCREEN = 256  # a block's distances are screened in parts of this many by their minimum
 QUERY_CHUNK = 128  # queries per database pass (a thread's share): the block is read once for all
+CANDIDATES = 2 ** 22  # k x queries of a pass at most: its candidates take 24 bytes each
 
 
 def pack(codes):
@@ -37,13 +38,11 @@ def unpack(packed, bit):
 
 
 def words(packed):
-    """Packed rows as rows of uint64 words (zero-padded to whole words) for popcount; a view, not
-    a copy, when the rows are whole words already (a 10^7-code database stays its own size)."""
-    if packed.shape[1] % 8 == 0 and packed.flags.c_contiguous:
-        return packed.view(np.uint64)
-    padded = np.zeros((len(packed), -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
-    padded[:, :packed.shape[1]] = packed
-    return padded.view(np.uint64)
+    """Packed rows as rows of unsigned words for popcount: the widest of 64, 32, 16 or 8 bits that
+    divides a row, so a view of the codes, never a padded copy (a 10^7-code database stays its own
+    size whatever the code length)."""
+    size = next(size for size in (8, 4, 2, 1) if packed.shape[1] % size == 0)
+    return np.ascontiguousarray(packed).view(f'u{size}')
 
 
 @intrinsic
@@ -77,7 +76,7 @@ def _block_distances(query_row, block, count, dist):
 
 @numba.njit(nogil=True, cache=True)
 def _distances(query_words, db_words, out):
-    block = np.empty((db_words.shape[1], BLOCK), np.uint64)
+    block = np.empty((db_words.shape[1], BLOCK), db_words.dtype)
     for first in range(0, len(db_words), BLOCK):
         count = _load_block(db_words, first, block)
         for q in range(len(query_words)):
@@ -187,7 +186,7 @@ def _scan(query_words, db_words, k, bit, dist, out_dist, out_index):
     count = np.zeros(queries, np.int64)
     limit = np.full(queries, bit + 1, np.int32)
     histogram = np.empty(bit + 2, np.int64)
-    block = np.zeros((db_words.shape[1], BLOCK), np.uint64)
+    block = np.zeros((db_words.shape[1], BLOCK), db_words.dtype)
     far = dist.dtype.type(bit + 1)
     for first in range(0, len(db_words), BLOCK):
         codes = _load_block(db_words, first, block)
@@ -240,7 +239,7 @@ def top_k(query, database, k, bit):
         _scan(qw[start:stop], dbw, k, bit, dist, out_dist[start:stop], out_index[start:stop])
 
     share = -(-len(qw) // torch.get_num_threads())  # a few queries still keep every core busy
-    per_query_chunk(chunk, len(qw), min(QUERY_CHUNK, share))
+    per_query_chunk(chunk, len(qw), max(1, min(QUERY_CHUNK, share, CANDIDATES // k)))
     return out_dist, out_index
 
 
