@@ -3,9 +3,9 @@ and for retrieval alike.
 
 Codes are packed one bit per code bit (np.packbits: the first code bit is the high bit of the first
 byte), bit/8 bytes a row, and read as unsigned words (64-bit where a row allows) for popcount. The
-ranking is by distance ascending with ties in database order. Top-k never sorts the database: distances take only
-bit + 1 values, so counting them finds the k-th distance d*; the items below d* and the first ones
-at d* (in database order) are the top k, and only those few are sorted.
+ranking is by distance ascending with ties in database order. Top-k never sorts the database:
+distances take only bit + 1 values, so counting them finds the k-th distance d*; the items below d*
+and the first ones at d* (in database order) are the top k, and only those few are sorted.
 
 The CPU kernels are compiled by numba (cached beside this file): a popcount loop that LLVM
 vectorises runs 5-10x faster than numpy's XOR, popcount and compare passes, and the scan keeps no
