@@ -7,19 +7,13 @@ ranking is by distance ascending with ties in database order. Top-k never sorts 
 distances take only bit + 1 values, so counting them finds the k-th distance d*; the items below d*
 and the first ones at d* (in database order) are the top k, and only those few are sorted.
 
-The CPU kernels are compiled by numba (cached beside this file): a popcount loop that LLVM
-vectorises runs 5-10x faster than numpy's XOR, popcount and compare passes, and the scan keeps no
-database-sized temporary.
+On the CPU both distances and top_k run utils/popcount.py's compiled kernels.
 """
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 import torch
-from numba.extending import intrinsic
 
-BLOCK = 4096  # database codes a step: the block and its distances stay in the core's cache
-SCREEN = 256  # a block's distances are screened in parts of this many by their minimum
 QUERY_CHUNK = 128  # queries per database pass (a thread's share): the block is read once for all
 CANDIDATES = 2 ** 22  # k x queries of a pass at most: its candidates take 24 bytes each
 
@@ -45,48 +39,11 @@ def words(packed):
     return np.ascontiguousarray(packed).view(f'u{size}')
 
 
-@intrinsic
-def _popcount(typingctx, x):
-    """LLVM's ctpop: vectorised to AVX-512's vpopcntq where the CPU has it."""
-    return x(x), lambda context, builder, signature, args: builder.ctpop(args[0])
-
-
-@numba.njit(nogil=True, cache=True)
-def _load_block(db_words, first, block):
-    """Database rows [first, first + BLOCK) into `block`, word-major (words x BLOCK), so that each
-    word's popcount loop reads contiguously; returns how many rows there were."""
-    count = min(BLOCK, len(db_words) - first)
-    for t in range(count):
-        for w in range(db_words.shape[1]):
-            block[w, t] = db_words[first + t, w]
-    return count
-
-
-@numba.njit(nogil=True, cache=True)
-def _block_distances(query_row, block, count, dist):
-    """dist[:count] = Hamming distances of one query's words to the block's first `count` codes."""
-    word = query_row[0]
-    for t in range(count):
-        dist[t] = _popcount(word ^ block[0, t])
-    for w in range(1, len(query_row)):
-        word = query_row[w]
-        for t in range(count):
-            dist[t] += _popcount(word ^ block[w, t])
-
-
-@numba.njit(nogil=True, cache=True)
-def _distances(query_words, db_words, out):
-    block = np.empty((db_words.shape[1], BLOCK), db_words.dtype)
-    for first in range(0, len(db_words), BLOCK):
-        count = _load_block(db_words, first, block)
-        for q in range(len(query_words)):
-            _block_distances(query_words[q], block, count, out[q, first:first + count])
-
-
 def distances(query_words, db_words, dtype=np.uint8):
     """Hamming distances, queries x database, by popcount of the XORed words."""
+    from utils import popcount
     out = np.empty((len(query_words), len(db_words)), dtype)
-    _distances(np.ascontiguousarray(query_words), np.ascontiguousarray(db_words), out)
+    popcount.distance_matrix(np.ascontiguousarray(query_words), np.ascontiguousarray(db_words), out)
     return out
 
 
@@ -154,73 +111,6 @@ def _ordered(q, d, j, rows, k, n, bit, xp):
     return dist, index
 
 
-@numba.njit(nogil=True, cache=True)
-def _keep_best(dist, index, count, k, histogram):
-    """Cut a query's candidates (dist, index)[:count], in database order, to its best k in place:
-    distances below the k-th distance d* and the first ones at d*. Returns (k, d*)."""
-    histogram[:] = 0
-    for t in range(count):
-        histogram[dist[t]] += 1
-    below, limit = 0, 0
-    while below + histogram[limit] < k:
-        below += histogram[limit]
-        limit += 1
-    at_limit, kept = k - below, 0
-    for t in range(count):
-        if dist[t] < limit or (dist[t] == limit and at_limit > 0):
-            at_limit -= dist[t] == limit
-            dist[kept], index[kept] = dist[t], index[t]
-            kept += 1
-    return kept, limit
-
-
-@numba.njit(nogil=True, cache=True)
-def _scan(query_words, db_words, k, bit, dist, out_dist, out_index):
-    """The top k of each query over the whole database, one block at a time for all the queries.
-    A query admits a code only below its limit (the k-th distance of its best k so far; ties at
-    it lose to the earlier codes), so past the first blocks a screen of the block's minimum
-    distances skips nearly all of them."""
-    queries, capacity = len(query_words), 2 * k
-    cand_dist = np.empty((queries, capacity), np.int32)
-    cand_index = np.empty((queries, capacity), np.int64)
-    count = np.zeros(queries, np.int64)
-    limit = np.full(queries, bit + 1, np.int32)
-    histogram = np.empty(bit + 2, np.int64)
-    block = np.zeros((db_words.shape[1], BLOCK), db_words.dtype)
-    far = dist.dtype.type(bit + 1)
-    for first in range(0, len(db_words), BLOCK):
-        codes = _load_block(db_words, first, block)
-        for q in range(queries):
-            _block_distances(query_words[q], block, BLOCK, dist)
-            dist[codes:] = far  # the last block's padding: never admitted
-            below = dist.dtype.type(limit[q])
-            for part in range(0, BLOCK, SCREEN):
-                low = far
-                for t in range(part, part + SCREEN):  # fixed bounds: LLVM vectorises the minimum
-                    low = min(low, dist[t])
-                if low >= below:
-                    continue
-                for t in range(part, part + SCREEN):
-                    if dist[t] < below:
-                        c = count[q]
-                        cand_dist[q, c], cand_index[q, c] = dist[t], first + t
-                        count[q] = c + 1
-                        if c + 1 == capacity:
-                            count[q], limit[q] = _keep_best(cand_dist[q], cand_index[q], capacity, k, histogram)
-                            below = dist.dtype.type(limit[q])
-    for q in range(queries):
-        kept, _ = _keep_best(cand_dist[q], cand_index[q], count[q], k, histogram)
-        # counting sort by distance, stable: the candidates are in database order
-        histogram[:] = 0
-        for t in range(kept):
-            histogram[cand_dist[q, t] + 1] += 1
-        histogram[:] = np.cumsum(histogram)
-        for t in range(kept):
-            position = histogram[cand_dist[q, t]]
-            histogram[cand_dist[q, t]] += 1
-            out_dist[q, position], out_index[q, position] = cand_dist[q, t], cand_index[q, t]
-
-
 def top_k(query, database, k, bit):
     """Top k of each query: (distances, indices), both queries x k int64, ordered by distance then
     database position (SPEC §7). `query` and `database` are packed rows (numpy, scanned in blocks
@@ -230,13 +120,15 @@ def top_k(query, database, k, bit):
         return _top_k_torch(query, database, k, bit)
     if not 0 < k <= len(database):
         raise ValueError(f'top_k: k must be in [1, {len(database)}], got {k}')
+    from utils import popcount
     qw, dbw = words(query), words(database)
     out_dist = np.empty((len(qw), k), np.int64)
     out_index = np.empty((len(qw), k), np.int64)
 
     def chunk(start, stop):
-        dist = np.empty(BLOCK, np.uint8 if bit < 255 else np.uint16)
-        _scan(qw[start:stop], dbw, k, bit, dist, out_dist[start:stop], out_index[start:stop])
+        dist = np.empty(popcount.BLOCK, np.uint8 if bit < 255 else np.uint16)
+        popcount.scan(qw[start:stop], dbw, k, bit, dist, out_dist[start:stop],
+                      out_index[start:stop])
 
     share = -(-len(qw) // torch.get_num_threads())  # a few queries still keep every core busy
     per_query_chunk(chunk, len(qw), max(1, min(QUERY_CHUNK, share, CANDIDATES // k)))
