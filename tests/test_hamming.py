@@ -15,7 +15,8 @@ def oracle(queries, database, k):
 
 @pytest.mark.parametrize('bit, n, k, tied', [(64, 40000, 100, False), (16, 3000, 50, True),
                                              (24, 999, 999, True), (128, 20000, 7, False),
-                                             (8, 50, 1, True), (256, 2000, 30, False)])
+                                             (8, 50, 1, True), (256, 2000, 30, False),
+                                             (32, 30000, 300, True)])
 def test_top_k_equals_the_oracle_numpy_and_torch(bit, n, k, tied):
     rng = np.random.default_rng(bit)
     database = rng.choice([-1.0, 1.0], (n, bit)).astype(np.float32)
