@@ -345,18 +345,19 @@ def test_nus(tmp_path, capsys):
 
 def test_ctrl_c_leaves_nothing_behind(work, tmp_path):
     collection = tmp_path / 'collection'
-    for i in range(400):
+    count = 4000  # about 12 s of work: the signal lands mid-write even on a loaded machine
+    for i in range(count):
         write_jpeg(collection / f'{i}.jpg', i)
     manifest = collection / 'items.jsonl'
     manifest.write_text(''.join(json.dumps({'image': f'{i}.jpg', 'text': 'x', 'labels': ['y']}) + '\n'
-                                for i in range(400)))
+                                for i in range(count)))
     out = tmp_path / 'out'
     out.mkdir()
     process = subprocess.Popen(
         [sys.executable, 'main.py', 'prepare', '--source', 'manifest', '--manifest', manifest,
          '--out', out / 'x.mat', '--pretrain_model_path', work / 'vgg-f.mat', '--batch_size', '4'],
         cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdout.readline().startswith('manifest: 400 items')  # now writing
+    assert process.stdout.readline().startswith(f'manifest: {count} items')  # now writing
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err.strip() == 'interrupted', err
