@@ -69,43 +69,38 @@ def per_query_chunk(function, count, size, threads=None):
         torch.set_num_threads(torch_threads)
 
 
-def _first_k(dist, k, bit, xp):
+def _first_k(dist, k, bit):
     """Per row of `dist` (queries x items): the limit d* (the k-th smallest distance, bit + 1 where
     a row has fewer than k items) and how many items at d* the top k takes (the first ones)."""
     rows = dist.shape[0]
-    offsets = xp.arange(rows)[:, None] * (bit + 2)
-    flat = (dist.astype(np.int64) if xp is np else dist.long()) + offsets
-    counts = xp.bincount(flat.reshape(-1), minlength=rows * (bit + 2)).reshape(rows, bit + 2)
-    below = counts.cumsum(1)
+    offsets = torch.arange(rows, device=dist.device)[:, None] * (bit + 2)
+    counts = torch.bincount((dist.long() + offsets).reshape(-1), minlength=rows * (bit + 2))
+    below = counts.reshape(rows, bit + 2).cumsum(1)
     limit = (below < k).sum(1)  # first distance whose cumulative count reaches k
-    before = xp.where(limit > 0, below[xp.arange(rows), (limit - 1).clip(0, None)], 0)
+    before = torch.where(limit > 0, below.gather(1, (limit - 1).clamp(min=0)[:, None])[:, 0], 0)
     return limit, k - before
 
 
-def _take(dist, limit, need, xp):
+def _take(dist, limit, need):
     """(query, item) pairs of the top k: distance below the limit, or at it among the first `need`
     of the row in database order."""
     at = dist == limit[:, None]
     # at.cumsum(1): the rank of an item among its row's items at the limit, in database order.
     keep = (dist < limit[:, None]) | (at & (at.cumsum(1) <= need[:, None]))
-    return xp.nonzero(keep) if xp is np else keep.nonzero(as_tuple=True)
+    return keep.nonzero(as_tuple=True)
 
 
-def _ordered(q, d, j, rows, k, n, bit, xp):
+def _ordered(q, d, j, rows, k, n, bit):
     """Rows x k (distances, indices) of the flat (query, distance, index) triples, each row ordered
     by (distance, index) and cut to k; -1 pads a row with fewer."""
-    d = d.astype(np.int64) if xp is np else d.long()
-    order = xp.argsort((q * (bit + 2) + d) * n + j)
+    d = d.long()
+    order = torch.argsort((q * (bit + 2) + d) * n + j)
     q, d, j = q[order], d[order], j[order]
-    starts = xp.searchsorted(q, xp.arange(rows)) if xp is np else torch.searchsorted(q, torch.arange(rows, device=q.device))
-    position = (xp.arange(len(q)) if xp is np else torch.arange(len(q), device=q.device)) - starts[q]
+    starts = torch.searchsorted(q, torch.arange(rows, device=q.device))
+    position = torch.arange(len(q), device=q.device) - starts[q]
     keep = position < k
-    if xp is np:
-        dist = np.full((rows, k), -1, np.int64)
-        index = np.full((rows, k), -1, np.int64)
-    else:
-        dist = torch.full((rows, k), -1, dtype=torch.int64, device=q.device)
-        index = torch.full((rows, k), -1, dtype=torch.int64, device=q.device)
+    dist = torch.full((rows, k), -1, dtype=torch.int64, device=q.device)
+    index = torch.full((rows, k), -1, dtype=torch.int64, device=q.device)
     dist[q[keep], position[keep]] = d[keep]
     index[q[keep], position[keep]] = j[keep]
     return dist, index
@@ -142,9 +137,9 @@ def _top_k_torch(query, database, k, bit):
     for start in range(0, len(query), chunk):
         # ±1 codes: distance = (bit - <q, d>) / 2, exact in float32 for any code length used here.
         dist = ((bit - query[start:start + chunk].float() @ db_t) / 2).round().to(torch.int16)
-        limit, need = _first_k(dist, k, bit, torch)
-        qi, j = _take(dist, limit, need, torch)
-        d, i = _ordered(qi, dist[qi, j], j, len(dist), k, len(database), bit, torch)
+        limit, need = _first_k(dist, k, bit)
+        qi, j = _take(dist, limit, need)
+        d, i = _ordered(qi, dist[qi, j], j, len(dist), k, len(database), bit)
         dist_parts.append(d)
         index_parts.append(i)
     return torch.cat(dist_parts), torch.cat(index_parts)
