@@ -10,7 +10,6 @@ label names, the source id of every row and how the image features were made: te
 queries at search time read it.
 """
 import csv
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ import numpy as np
 
 from datasets.images import IMAGE_SIZE, BadImage, load_images
 from datasets.text import bag_of_words, build_vocabulary, count_documents, tokenize
-from utils.checkpoint import atomic_write
+from utils.checkpoint import atomic_write, sha256
 from utils.errors import UserError
 from utils.progress import bar
 
@@ -283,14 +282,6 @@ def _reasons(dropped):
     return ', '.join(f'{n} ({reason})' for reason, n in dropped.items()) or 'none'
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_out(out, overwrite):
     """Refuse an existing --out (without --overwrite) or a folder that cannot be written, before
     any work is done."""
@@ -334,7 +325,7 @@ def features_made(cnn, weights):
         return {'kind': 'raw', 'weights': None, 'weights_sha256': None, 'resize': RESIZE,
                 'average_image': 'not subtracted (train subtracts it)'}
     return {'kind': 'cnn_f_fc7', 'weights': os.path.abspath(weights),
-            'weights_sha256': _sha256(weights), 'resize': RESIZE, 'average_image': "subtracted (the weight file's averageImage)"}
+            'weights_sha256': sha256(weights), 'resize': RESIZE, 'average_image': "subtracted (the weight file's averageImage)"}
 
 
 def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64, workers=2,

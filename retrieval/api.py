@@ -17,8 +17,9 @@ from datasets.images import load_image
 from datasets.prepare import load_sidecar
 from datasets.text import bag_of_words, outside, tokenize
 from retrieval import index as indexes
-from retrieval.codes_file import CodesFile, sha256, write_codes
+from retrieval.codes_file import CodesFile, write_codes
 from utils import hamming
+from utils.checkpoint import sha256
 from utils.errors import UserError, warn
 from utils.progress import bar
 

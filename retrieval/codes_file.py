@@ -4,7 +4,6 @@ model that made them (file, sha256, method, bit), the data file and its image st
 
 Written through a temporary file renamed over the target, so a crash leaves the old file (or none).
 """
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -17,14 +16,6 @@ from utils.errors import UserError
 FORMAT = 'dadh-codes/1'
 MODALITIES = ('image', 'text')
 IDENTITY = ('model_sha256', 'method', 'bit')  # what appending and searching must share
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(2 ** 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class CodesFile:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.codes_file import CodesFile, sha256
+from retrieval.codes_file import CodesFile
 from utils import hamming
+from utils.checkpoint import sha256
 from utils.errors import UserError
 
 INDEXES = ('exact', 'flat', 'ivf', 'hnsw')

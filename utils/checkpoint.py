@@ -1,5 +1,7 @@
 """Every file a run writes goes through here: written whole to a temporary file in the same folder,
-flushed, fsynced and renamed over the old one, so a crash leaves either the old file or the new."""
+flushed, fsynced and renamed over the old one, so a crash leaves either the old file or the new.
+Also the sha256 that ties a file (weights, a model, codes) to what was made from it."""
+import hashlib
 import os
 import pickle
 import tempfile
@@ -13,6 +15,15 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def sha256(path):
+    """The hex sha256 of a file, read 1 MB at a time."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(2 ** 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path, write):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import visdom
 
+from utils.checkpoint import sha256 as file_sha256
 from utils.errors import UserError
 
 STATIC_DIR = Path(visdom.__file__).parent / 'static'
@@ -96,10 +97,6 @@ ASSETS = [
 ]
 
 
-def _sha256(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def problems(static_dir=STATIC_DIR):
     """{file under static_dir: 'missing' or 'has the wrong checksum'} for each misplaced asset."""
     found = {}
@@ -107,7 +104,7 @@ def problems(static_dir=STATIC_DIR):
         path = Path(static_dir) / name
         if not path.is_file():
             found[name] = 'missing'
-        elif _sha256(path) != sha256:
+        elif file_sha256(path) != sha256:
             found[name] = 'has the wrong checksum'
     return found
 
