@@ -57,8 +57,7 @@ RESUMABLE = {'max_epoch', 'device', 'vis_env', 'vis_port', 'vis_server', 'data_p
 
 # Options that say where a run goes or how it is watched, not what it computes: `report` averages runs
 # that differ only in these (and the seed).
-BOOKKEEPING = {'device', 'vis_env', 'vis_port', 'vis_server', 'data_path', 'pretrain_model_path',
-               'checkpoint_dir', 'overwrite', 'resume', 'save_freq', 'map_at'}
+BOOKKEEPING = (RESUMABLE - {'max_epoch'}) | {'pretrain_model_path'}
 # Options that change the numbers of a forward pass: `test` takes them from the run (config.json).
 NUMERICS = ('tf32', 'amp')
 
@@ -69,7 +68,7 @@ PREPARE = {
     'manifest': (None, 'manifest: a CSV (image,text,labels) or JSON-lines file'),
     'out': (None, 'the training file to write (.mat); its sidecar .json goes beside it'),
     'images': ('features', "'features' (CNN-F fc7) or 'raw' (224 x 224 uint8 images)"),
-    'pretrain_model_path': ('./data/imagenet-vgg-f.mat', 'CNN-F weights (not read with --images raw)'),
+    'pretrain_model_path': (COMMON['pretrain_model_path'][0], 'CNN-F weights (not read with --images raw)'),
     'device': ('cpu', "where CNN-F runs: 'cpu' or 'cuda:N'"),
     'batch_size': (64, 'images per CNN-F batch'),
     'workers': (2, 'image decoding threads'),
@@ -81,13 +80,18 @@ PREPARE = {
 }
 
 
+def _unknown(name, known, where=''):
+    """The line for an unknown option, with the known ones it is closest to."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ''
+    return f'unknown option --{name}{where}{hint}'
+
+
 def parse_prepare(options):
     """The options of `prepare` with their defaults; unknown or ill-typed options are UserErrors."""
     for name in options:
         if name not in PREPARE:
-            close = difflib.get_close_matches(name, list(PREPARE), n=3)
-            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ''
-            raise UserError(f'unknown option --{name} of prepare{hint}')
+            raise UserError(_unknown(name, PREPARE, ' of prepare'))
     values = {k: d for k, (d, _) in PREPARE.items()}
     values.update({k: _check_type(k, v, PREPARE[k][0]) for k, v in options.items()})
     return values
@@ -196,9 +200,7 @@ def parse(options):
         owner = [m for m, opts in MODELS.items() if name in opts]
         if owner:
             raise UserError(f'--{name} is an option of --model {owner[0]}, not of --model {model}')
-        close = difflib.get_close_matches(name, list(known), n=3)
-        hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ''
-        raise UserError(f'unknown option --{name}{hint}')
+        raise UserError(_unknown(name, known))
 
     values = {k: d for k, (d, _) in known.items()}
     values.update(MODEL_DEFAULTS[model])

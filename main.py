@@ -274,7 +274,7 @@ def train(**options):
             splits.append_mixed_training(shuffle)
             print(f'data_enhance: {splits.sizes()["train"]} training samples with the mixed ones')
         num_train = splits.sizes()['train']
-        method = make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
+        method = make_method(cfg, splits.raw_images, num_train, device)
     if world.size > 1:
         if device.type == 'cuda':
             torch.cuda.set_device(device)
@@ -484,7 +484,7 @@ def bench(epochs=3, **options):
     if splits.raw_images:
         raise UserError(f'{cfg.data_path}: bench times feature files; this one holds raw images')
     num_train = splits.sizes()['train']
-    method = make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
+    method = make_method(cfg, splits.raw_images, num_train, device)
     # FLOPs of the generator's matrix products (the discriminators and losses add a few percent):
     # 2 per weight and sample forward, 4 backward, minus the input gradients of the first layers.
     weights = {name: sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
@@ -572,8 +572,8 @@ def encode(out, modality='both', rows=':', append=False, **options):
     from retrieval import api
     run = api.load_run(**options)
     api.write(run, out, modality, rows, append)
-    print(f'wrote {"+".join(api.open_codes(out).modalities)} codes of {api.open_codes(out).count} '
-          f'rows to {out}')
+    codes = api.open_codes(out)
+    print(f'wrote {"+".join(codes.modalities)} codes of {codes.count} rows to {out}')
 
 
 @cli

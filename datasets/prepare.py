@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+import config
 from datasets.images import IMAGE_SIZE, BadImage, load_images
 from datasets.text import bag_of_words, build_vocabulary, count_documents, tokenize
 from utils.checkpoint import atomic_write, sha256
@@ -31,7 +32,7 @@ from utils.progress import bar
 MIR_IMAGES, MIR_EXPECTED = 25000, (20015, 1386, 24)
 MIR_MIN_COUNT = 20
 NUS_CONCEPTS, NUS_EXPECTED = 21, 195834
-KEYS = {'images': 'images', 'text': 'YAll', 'labels': 'LAll'}
+KEYS = dict(zip(('images', 'text', 'labels'), config.KEYS['mir']))  # what --flag mir reads
 RESIZE = ('Pillow, converted to RGB (grey, CMYK, palette and alpha too), whole image resized to '
           '224 x 224 with the bicubic filter (antialiased when shrinking, aspect ratio not kept, no '
           'crop) as MATLAB imresize(im, [224 224]), rounded to uint8')

@@ -2,7 +2,7 @@
 
 The database is ranked by utils/hamming.py's one ranking (Hamming distance, ties in database
 order), on the same packing and popcount as retrieval; queries go in chunks, bounded in memory,
-two chunks at a time on the CPU.
+one chunk per core at a time on the CPU.
 """
 import numpy as np
 import torch
