@@ -3,7 +3,6 @@ the same one-line refusals, and memory that does not grow with the row count."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,9 +10,9 @@ import pytest
 
 from datasets.data_handler import CHUNK_ROWS, load_data
 from tests.matfiles import small_dataset, write_nus_folder, write_v7, write_v73
+from tests.test_main import REPO
 from utils.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = {'image_dim': 64, 'text_dim': 40, 'num_label': 6}
 KEYS = ('images', 'YAll', 'LAll')
 
@@ -103,7 +102,7 @@ def test_encode_memory_does_not_grow_with_the_rows(tmp_path):
     options = {'flag': 'mir', 'data_path': str(path), 'image_dim': width, 'text_dim': 8,
                'num_label': 4, 'hidden_dim': 64, 'bit': 16, 'device': 'cpu',
                'checkpoint_dir': str(tmp_path), 'vis_env': None}
-    done = subprocess.run([sys.executable, '-c', ENCODE, json.dumps(options)], cwd=ROOT,
+    done = subprocess.run([sys.executable, '-c', ENCODE, json.dumps(options)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     peak = json.loads(done.stdout.strip().splitlines()[-1])

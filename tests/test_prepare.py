@@ -19,8 +19,8 @@ from datasets.images import load_image
 from datasets.prepare import load_sidecar
 from models.cnn_f import CNNF
 from tests.matfiles import write_vgg_f
+from tests.test_main import REPO, run_main
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTHS = [8, 16, 16, 16, 16, 32, 24]
 MIR_N = 30
 CONCEPTS = {'animals': lambda n: n % 5 == 0 and n != 25 or n % 4 == 0,
@@ -72,11 +72,6 @@ def work(tmp_path_factory):
     make_mir(root / 'mir')
     write_vgg_f(root / 'vgg-f.mat', WIDTHS)
     return root
-
-
-def run_main(*args):
-    return subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=REPO, text=True,
-                          capture_output=True, timeout=300)
 
 
 def prepare_in_process(capsys, **options):

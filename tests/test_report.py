@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +19,13 @@ from models.agah import AGAH, FEATURE_MAP_FILE
 from models.cnn_f import CNNF
 from models.dadh import DADH
 from tests.matfiles import small_dataset, write_v7
+from tests.test_main import MAP_LINE, REPO
 from utils.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPES = dict(hidden_dim=256, image_dim=64, text_dim=40, num_label=6, db_size=250,
               training_size=150, device='cpu', vis_env=None)
 TINY = [*(str(x) for k, v in SHAPES.items() for x in (f'--{k}', v)), '--bit', '16', '--lr', '1e-3',
         '--batch_size', '50']
-MAP_LINE = re.compile(r'^\.\.\.test MAP: MAP\(i->t\): (\d\.\d{4}), MAP\(t->i\): (\d\.\d{4})$', re.M)
 
 
 def run(*args, cwd=REPO):

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -11,8 +9,8 @@ from PIL import Image
 
 from retrieval import index
 from tests.matfiles import small_dataset, write_v7, write_vgg_f
+from tests.test_main import run_main as main
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_faiss_flat_equals_exact_on_tied_codes():
@@ -34,11 +32,6 @@ def test_approximate_indexes_recall_a_clustered_set(kind):
     exact = index.search(database, queries, 20)
     found = index.search(database, queries, 20, kind, nlist=64, nprobe=8)
     assert index.recall(exact[0], found[0], found[1]) >= 0.9
-
-
-def main(*args):
-    return subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
 
 
 def train_and_encode(tmp, options):
@@ -69,6 +62,7 @@ def test_search_by_rows_ranks_by_distance(demo_run):
     assert keys == sorted(keys)
     flat = main('search', *options, '--database', tmp / 'codes.h5', '--rows', '2500:2501',
                 '--modality', 'image', '--topk', 10, '--json', True, '--index', 'flat')
+    assert flat.returncode == 0, flat.stderr
     assert json.loads(flat.stdout.strip().splitlines()[-1]) == hits
 
 
@@ -83,8 +77,9 @@ def test_round_trip_finds_the_query_own_pair_first(demo_run):
     their labels, so every item with those labels is an equally right answer."""
     tmp, options = demo_run
     pair = tmp / 'pair.h5'
-    assert main('encode', *options, '--out', pair, '--rows', '2500:2501').returncode == 0
-    assert main('encode', *options, '--out', pair, '--rows', '0:2500', '--append', True).returncode == 0
+    for rows, append in (('2500:2501', False), ('0:2500', True)):
+        done = main('encode', *options, '--out', pair, '--rows', rows, '--append', append)
+        assert done.returncode == 0, done.stderr
     with h5py.File(pair) as h5, h5py.File(tmp / 'codes.h5') as whole:
         assert (h5['row'][()] == np.r_[2500, np.arange(2500)]).all()
         assert (h5['image'][()] == whole['image'][()][np.r_[2500, np.arange(2500)]]).all()
@@ -95,6 +90,7 @@ def test_round_trip_finds_the_query_own_pair_first(demo_run):
     first = json.loads(same.stdout.strip().splitlines()[-1])[0]
     assert (first['rank'], first['row'], first['distance']) == (1, 2500, 0)
     cross = main('search', *options, *query, '--topk', 2501)
+    assert cross.returncode == 0, cross.stderr
     own = next(h for h in json.loads(cross.stdout.strip().splitlines()[-1]) if h['row'] == 2500)
     assert own['distance'] == int(np.unpackbits(image[0] ^ text[0]).sum())
 
