@@ -133,26 +133,27 @@ def one_size(n, num_queries, k, threads, max_exact_s):
 
 def encode_speed(threads):
     """Rows/s of api.write (encode, pack, HDF5) over a MIRFlickr-sized feature file, against the
-    encoding of both splits that train's validation does (main.retrieval_pairs), DADH at its
+    encoding of both splits that train's validation does (runs.retrieval_pairs), DADH at its
     default widths (hidden 8192) and 64 bits, random weights."""
     import torch
     import config
-    import main
+    import runs
+    from benchmarks.train import BENCH_FILE
     from datasets.demo import ensure_demo
     from retrieval import api
     torch.set_num_threads(threads)
-    ensure_demo(main.BENCH_FILE, n=20015)
+    ensure_demo(BENCH_FILE, n=20015)
     with tempfile.TemporaryDirectory() as tmp:
-        options = {'flag': 'mir', 'data_path': main.BENCH_FILE, 'bit': BIT, 'device': 'cpu',
+        options = {'flag': 'mir', 'data_path': BENCH_FILE, 'bit': BIT, 'device': 'cpu',
                    'checkpoint_dir': tmp, 'vis_env': None}
         cfg = config.parse(options)
-        device = main.resolve_device('cpu')
-        main.configure_device(cfg, device)
-        splits = main.load_splits(cfg, device)
-        method = main.make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
-        main.run_dir(cfg).mkdir(parents=True)
-        method.save_best(main.run_dir(cfg))
-        _, valid_s = timed(lambda: main.retrieval_pairs(method, splits))
+        device = runs.resolve_device('cpu')
+        runs.configure_device(cfg.tf32, cfg.amp, device)
+        splits = runs.load_splits(cfg, device)
+        method = runs.make_method(cfg, splits.raw_images, splits.sizes()['train'], device)
+        runs.run_dir(cfg).mkdir(parents=True)
+        method.save_best(runs.run_dir(cfg))
+        _, valid_s = timed(lambda: runs.retrieval_pairs(method, splits))
         valid_rows = splits.sizes()['query'] + splits.sizes()['database']
         run = api.load_run(**options)
         _, encode_s = timed(lambda: api.write(run, Path(tmp) / 'codes.h5'))

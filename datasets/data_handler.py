@@ -44,7 +44,8 @@ class RawImages:
     """Raw N x 3 x 224 x 224 images (DCMH's v7.3 layout: MATLAB's 224 x 224 x 3 x N, axis-reversed),
     read from disk batch by batch rather than all into memory (20015 images are 3 GB).
 
-    images[a:b] is a lazy view; images[index] reads those rows as a float tensor on `device`."""
+    images[a:b] is a lazy view; images[index] reads those rows (an index tensor or array) as a
+    float tensor on `device`."""
 
     def __init__(self, path, key, array=None, rows=None, device='cpu'):
         self.path, self.key, self._array, self.device = path, key, array, device
@@ -66,23 +67,17 @@ class RawImages:
     def __getitem__(self, index):
         if isinstance(index, slice):
             return RawImages(self.path, self.key, self._array, self._rows[index], self.device)
-        rows = np.asarray([self._rows[i] for i in torch.as_tensor(index).cpu().tolist()])
-        order = np.argsort(rows)
-        batch = np.empty((len(rows), *self._data().shape[1:]), dtype=self._data().dtype)
-        batch[order] = self._data()[rows[order].tolist()]  # h5py reads increasing rows
-        return torch.from_numpy(batch).to(self.device).float()
-
-    def read(self):
-        """All rows of this view as a float tensor on `device`."""
-        return torch.from_numpy(self._data()[self._rows.start:self._rows.stop]).to(self.device).float()
+        rows = np.asarray([self._rows[i] for i in torch.as_tensor(index).cpu().tolist()], dtype=np.int64)
+        if len(rows) and (np.diff(rows) == 1).all():  # consecutive rows: one slice read
+            batch = self._data()[int(rows[0]):int(rows[-1]) + 1]
+        else:
+            order = np.argsort(rows)
+            batch = np.empty((len(rows), *self._data().shape[1:]), dtype=self._data().dtype)
+            batch[order] = self._data()[rows[order].tolist()]  # h5py reads increasing rows
+        return torch.from_numpy(np.asarray(batch)).to(self.device).float()
 
     def to(self, device):
         return RawImages(self.path, self.key, self._array, self._rows, device)
-
-
-def read_rows(x, start, stop):
-    """Rows [start, stop) of a tensor or of RawImages (read from disk now) as a tensor."""
-    return x[start:stop] if torch.is_tensor(x) else x[start:stop].read()
 
 
 class _Array:

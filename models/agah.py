@@ -1,5 +1,6 @@
-"""AGAH (Gu et al., ICMR 2019; SPEC-AGAH.md): its networks, optimisers, one training step per batch and
-the per-epoch code-map and feature-map updates, behind the entry points main.py drives (see dadh.py).
+"""AGAH (Gu et al., ICMR 2019; SPEC-AGAH.md): its hyper-parameters, networks, optimisers, one training
+step per batch, the epoch and the per-epoch code-map and feature-map updates, behind the method
+interface of models/method.py.
 """
 import functools
 
@@ -8,13 +9,12 @@ from torch import nn
 
 from models.codes import update_code_map, update_feature_map
 from models.losses import agah_loss, critic_loss
+from models.method import Method, encode_in_batches, run_steps, shuffled_batches
 from models.published import agah_state, model_path
 from models.schedule import decay_lr
-from datasets.data_handler import read_rows
 from utils.checkpoint import atomic_save, load_file, load_module
 from utils.distributed import SOLO
 from utils.errors import UserError
-from utils.progress import bar
 
 FEATURE_MAP_FILE = 'feature_map.pth'
 
@@ -69,40 +69,66 @@ class AGAHNet(nn.Module):
         return f, self.text_hash(f_hat), self.text_classifier(f_hat)
 
 
-class AGAH:
+class AGAH(Method):
+    NAME = 'agah'
     MODEL_FILE = 'AGAH_module.pth'
+    PUBLISHED_FILE = 'AGAH.pth'
+    OPTIONS = {
+        'lr': (1e-4, 'learning rate of the image net; lr x 10 for the rest and the critics'),
+        'alpha': (1.0, 'bit-balance weight'),
+        'beta': (0.0, 'classification weight'),
+        'gamma': (0.001, 'code-map weight'),
+        'eta': (1.0, 'quantisation weight'),
+        'mu': (1.0, 'adversarial weight'),
+        'margin': (0.3, 'triplet margin'),
+        'emb_dim': (512, 'width e of the features both nets end in (SPEC-AGAH)', 1),
+        'lambd': (0.8, 'attention mix: f^ = lambd f + (1 - lambd) attended label features'),
+        'data_enhance': (False, 'add n/2 mixed training samples 0.5 a + 0.5 b'),
+        'delta': (None, 'in the published configuration but read by nothing; accepted and unused'),
+    }
+    DEFAULTS = dict(valid_freq=20)
+    # AGAH's published code splits MIRFlickr with the queries first (SPEC-AGAH "Data and split").
+    DATA_DEFAULTS = {'mir': dict(query_size=2000, db_size=18015, layout='query_first')}
+    DEMO = dict(bit=32, max_epoch=20, valid_freq=5)
+    PUBLISHED = (
+        ('flickr25k', 'AGAH', 'AGAH paper', (0.7923, 0.7945, 0.8069), (0.7887, 0.7904, 0.8049)),
+        ('nus-wide', 'AGAH', 'AGAH paper', (0.6455, 0.6600, 0.6512), (0.6313, 0.6422, 0.6336)),
+    )
     STANDARDISE_FEATURES = False  # features are read as CNN-F gives them
     SUBTRACT_AVERAGE_IMAGE = False  # AGAH feeds raw pixel values to CNN-F
 
-    def __init__(self, cfg, num_train, device, cnn=None):
+    def __init__(self, num_train, device, cnn=None, *, image_dim, text_dim, num_label, bit,
+                 batch_size, lr, alpha, beta, gamma, eta, mu, margin, emb_dim, lambd, amp=None):
         if cnn is None:
             print('--model agah on image features: CNN-F is taken as already applied and frozen '
                   '(an approximation: the published model fine-tunes it on raw images)')
-        self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
-        self.eta, self.mu, self.margin = cfg.eta, cfg.mu, cfg.margin
-        self.batch_size = cfg.batch_size
-        self.net = AGAHNet(cfg.image_dim, cfg.text_dim, cfg.emb_dim, cfg.bit, cfg.num_label,
-                           cfg.lambd, cnn).to(device)
-        self.image_critic, self.text_critic = critic(cfg.emb_dim).to(device), critic(cfg.emb_dim).to(device)
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.eta, self.mu, self.margin = eta, mu, margin
+        self.num_train, self.device, self.batch_size = num_train, device, batch_size
+        self.code_batch = batch_size  # the whole-batch norm makes a code depend on its batch
+        self.net = AGAHNet(image_dim, text_dim, emb_dim, bit, num_label, lambd, cnn).to(device)
+        self.image_critic, self.text_critic = critic(emb_dim).to(device), critic(emb_dim).to(device)
         self.image_critic_opt, self.text_critic_opt = (
-            torch.optim.Adamax(c.parameters(), lr=cfg.lr * 10, betas=(0.5, 0.9), weight_decay=1e-4)
+            torch.optim.Adamax(c.parameters(), lr=lr * 10, betas=(0.5, 0.9), weight_decay=1e-4)
             for c in (self.image_critic, self.text_critic))
         rest = [p for name, p in self.net.named_parameters() if not name.startswith('image_net.')]
-        self.gen_opt = torch.optim.Adamax([{'params': self.net.image_net.parameters(), 'lr': cfg.lr},
-                                           {'params': rest, 'lr': cfg.lr * 10}], weight_decay=5e-4)
+        self.gen_opt = torch.optim.Adamax([{'params': self.net.image_net.parameters(), 'lr': lr},
+                                           {'params': rest, 'lr': lr * 10}], weight_decay=5e-4)
         # The latest features and outputs of every training sample, the label feature map F and
         # the code map M (SPEC-AGAH "Per-epoch updates").
-        e, bit, K = cfg.emb_dim, cfg.bit, cfg.num_label
+        e, K = emb_dim, num_label
         self.F_i, self.F_t = (torch.randn(num_train, e, device=device) for _ in range(2))
         self.H_i, self.H_t = (torch.randn(num_train, bit, device=device) for _ in range(2))
         self.feature_map = torch.randn(K, e, device=device)
         self.code_map = torch.sign(torch.randn(K, bit, device=device))
         self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
-                                          enabled=cfg.amp == 'bf16')
+                                          enabled=amp == 'bf16')
         self.world, self.passes = SOLO, self.net
-        for option in ('compile', 'cuda_graph'):
-            if getattr(cfg, option):
-                print(f'--{option} is not used by --model agah')
+
+    @classmethod
+    def training_mix(cls, hyper):
+        """data_enhance: n/2 mixed rows 0.5·a + 0.5·b appended to the training set (SPEC-AGAH)."""
+        return 0.5 if hyper['data_enhance'] else None
 
     def distribute(self, world, device):
         """Run the nets over the ranks of `world` (utils/distributed.py): DDP, the whole-batch norm
@@ -112,6 +138,11 @@ class AGAH:
     @property
     def lr(self):
         return float(self.gen_opt.param_groups[0]['lr'])
+
+    def train_epoch(self, batches, generator):
+        """One shuffled pass over the training rows, a train_step per batch."""
+        rows = shuffled_batches(self.num_train, self.batch_size, generator, self.device, batches.note)
+        return run_steps(self.train_step, batches, rows, batches.desc)
 
     def train_step(self, rows, images, text, labels):
         """One batch: a step of each critic, then one generator step on all six terms. `rows` and
@@ -149,24 +180,18 @@ class AGAH:
         self.feature_map.copy_(update_feature_map(self.F_i, self.F_t, train_labels, self.feature_map))
         decay_lr(self.gen_opt, epoch, 0.6)  # the image group and the rest
 
-    def encode(self, images, text):
-        """sign(h) of both modalities with the current F, in batches of the training batch size:
-        the whole-batch normalisation makes a code depend on its batch, as in the reference."""
-        return [self.encode_images(images), self.encode_text(text)]
-
     def encode_images(self, images):
+        """sign(h) with the current F, in batches of the training batch size from the first row:
+        the whole-batch normalisation makes a code depend on its batch, as in the reference."""
         return self._codes(self.net.image_pass, images, 'image codes')
 
     def encode_text(self, text):
         return self._codes(self.net.text_pass, text, 'text codes')
 
-    @torch.inference_mode()
     def _codes(self, to_outputs, x, name):
         self.net.eval()
-        with self.autocast():
-            return torch.cat([
-                torch.sign(to_outputs(read_rows(x, s, s + self.batch_size), self.feature_map)[1].float())
-                for s in bar(range(0, len(x), self.batch_size), name)])
+        return encode_in_batches(lambda rows: torch.sign(to_outputs(rows, self.feature_map)[1].float()),
+                                 x, self.batch_size, self.autocast, name)
 
     @staticmethod
     def is_better(mapi2t, mapt2i, best):

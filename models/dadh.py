@@ -1,23 +1,21 @@
-"""DADH: its networks, optimisers, one training step per batch (SPEC §4) and the per-epoch updates (§5, §6).
-
-main.py drives any method through the same few entry points: train_step, end_epoch, encode,
-is_better, save_best / load_best, state_dict / load_state_dict.
+"""DADH (Bai et al., ICMR 2020; SPEC.md): its hyper-parameters, networks, optimisers, one training
+step per batch (SPEC §4), the epoch (§6) and the per-epoch updates (§5, §6), behind the method
+interface of models/method.py.
 """
 import functools
 
 import torch
 from torch import nn
 
-from datasets.data_handler import read_rows
 from models.codes import update_codes
 from models.dis_model import DIS
 from models.gen_model import GEN
 from models.losses import discriminator_loss, generator_loss
+from models.method import Method, encode_in_batches, run_steps, shuffled_batches
 from models.published import dadh_state, model_path
 from models.schedule import decay_lr
 from utils.checkpoint import atomic_save, load_module
 from utils.distributed import SOLO
-from utils.progress import bar
 
 
 @torch.no_grad()
@@ -29,39 +27,73 @@ def repeat_bn_update(net, bn_inputs):
         bn(x)
 
 
-class DADH:
+class DADH(Method):
+    NAME = 'dadh'
     MODEL_FILE = 'GEN_module.pth'
+    PUBLISHED_FILE = 'GEN_module.pth'
+    OPTIONS = {
+        'lr': (5e-5, 'learning rate of the generator and both discriminators (SPEC §4.2, §4.4)'),
+        'alpha': (10.0, 'triplet weight; exactly 10 switches on the label weights (SPEC §4.1)'),
+        'beta': (1.0, 'quantisation weight beta0 (the run uses beta0 + 0.1, SPEC §4.4)'),
+        'gamma': (1.0, 'adversarial weight (SPEC §4.2, §4.3)'),
+        'mu': (1e-5, 'weight of the network outputs in the code update (SPEC §5)'),
+        'lamb': (1.0, 'ridge weight lambda of the code update (SPEC §5)'),
+        'margin': (0.4, 'triplet margin (SPEC §4.1)'),
+        'hidden_dim': (8192, 'width of the first hidden layer of both MLPs (SPEC §2); the feature '
+                             "discriminator's last hidden layer is hidden_dim/16", 16),
+        'dropout': (False, 'Dropout(0.5) after every ReLU of both MLPs'),
+        'compile': (False, 'torch.compile the generator (worth it on a GPU)'),
+        'cuda_graph': (False, 'CUDA: replay every full training batch as one recorded CUDA graph'),
+    }
+    DEMO = dict(hidden_dim=1024, bit=32, max_epoch=20, lr=1e-4)
+    SETTINGS = {'nus': dict(lr=1e-5, dropout=True)}  # the published NUS-WIDE setting (SPEC §8)
+    # SPEC §11: (data set, method, source, I→T and T→I at 16, 32, 64 bits); the baselines as DADH's
+    # Table 3 prints them (AGAH's Table 1 prints the same values).
+    PUBLISHED = (
+        ('flickr25k', 'DADH', 'DADH paper', (0.8020, 0.8072, 0.8179), (0.7920, 0.7959, 0.8064)),
+        ('nus-wide', 'DADH', 'DADH paper', (0.6492, 0.6662, 0.6664), (0.6501, 0.6679, 0.6808)),
+        ('flickr25k', 'DCMH', 'as printed by DADH/AGAH', (0.7201, 0.7287, 0.7418), (0.7533, 0.7593, 0.7730)),
+        ('flickr25k', 'PRDH', 'as printed by DADH/AGAH', (0.7221, 0.7395, 0.7550), (0.7548, 0.7638, 0.7772)),
+        ('flickr25k', 'CHN', 'as printed by DADH/AGAH', (0.7632, 0.7776, 0.7892), (0.7636, 0.7807, 0.7906)),
+        ('flickr25k', 'SSAH', 'as printed by DADH/AGAH', (0.7709, 0.7840, 0.7924), (0.7681, 0.7737, 0.7838)),
+        ('flickr25k', 'SSWAH', 'as printed by DADH', (0.7806, 0.7813, 0.7821), (0.7768, 0.7806, 0.7841)),
+        ('nus-wide', 'DCMH', 'as printed by DADH/AGAH', (0.5657, 0.6007, 0.6001), (None, None, None)),
+        ('nus-wide', 'SSAH', 'as printed by DADH/AGAH', (0.6020, 0.6219, 0.6463), (None, None, None)),
+    )
     STANDARDISE_FEATURES = True  # scalar mean and std over the image feature matrix (SPEC §1)
     SUBTRACT_AVERAGE_IMAGE = True  # CNN-F's input has the file's average image subtracted (SPEC §2)
 
-    def __init__(self, cfg, num_train, device, cnn=None):
-        self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
-        self.margin, self.lamb, self.mu, self.dropout = cfg.margin, cfg.lamb, cfg.mu, cfg.dropout
-        self.gen = GEN(cfg.image_dim, cfg.text_dim, cfg.hidden_dim, cfg.bit, cfg.dropout, cnn).to(device)
-        self.dis = DIS(cfg.hidden_dim, cfg.bit).to(device)
+    def __init__(self, num_train, device, cnn=None, *, image_dim, text_dim, bit, batch_size, lr,
+                 alpha, beta, gamma, mu, lamb, margin, hidden_dim, dropout, amp=None,
+                 compile=False, cuda_graph=False):
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.margin, self.lamb, self.mu, self.dropout = margin, lamb, mu, dropout
+        self.gen = GEN(image_dim, text_dim, hidden_dim, bit, dropout, cnn).to(device)
+        self.dis = DIS(hidden_dim, bit).to(device)
         # Fused Adam: one pass over each tensor instead of one per operation (10x faster on a CPU).
         # A CUDA graph bakes numbers in, so there the learning rate is a tensor changed in place.
-        self.cuda_graph = cfg.cuda_graph and device.type == 'cuda'
+        self.cuda_graph = cuda_graph and device.type == 'cuda'
         adam = functools.partial(torch.optim.Adam, fused=True, capturable=self.cuda_graph)
-        lr = (lambda: torch.tensor(cfg.lr, device=device)) if self.cuda_graph else (lambda: cfg.lr)
-        self.gen_opt = adam(self.gen.parameters(), lr=lr(), weight_decay=5e-4)
-        self.feature_dis_opt = adam(self.dis.feature_dis.parameters(), lr=lr(), betas=(0.5, 0.9),
+        rate = (lambda: torch.tensor(lr, device=device)) if self.cuda_graph else (lambda: lr)
+        self.gen_opt = adam(self.gen.parameters(), lr=rate(), weight_decay=5e-4)
+        self.feature_dis_opt = adam(self.dis.feature_dis.parameters(), lr=rate(), betas=(0.5, 0.9),
                                     weight_decay=1e-4)
-        self.hash_dis_opt = adam(self.dis.hash_dis.parameters(), lr=lr(), betas=(0.5, 0.9),
+        self.hash_dis_opt = adam(self.dis.hash_dis.parameters(), lr=rate(), betas=(0.5, 0.9),
                                  weight_decay=1e-4)
         # SPEC §5: the latest network outputs of every training sample, and the shared codes B.
-        self.H_i = torch.zeros(num_train, cfg.bit, device=device)
-        self.H_t = torch.zeros(num_train, cfg.bit, device=device)
-        self.B = torch.sign(torch.randn(num_train, cfg.bit, device=device))
+        self.H_i = torch.zeros(num_train, bit, device=device)
+        self.H_t = torch.zeros(num_train, bit, device=device)
+        self.B = torch.sign(torch.randn(num_train, bit, device=device))
 
         # --amp bf16 runs the generator's networks in bfloat16; discriminators, losses and the code
         # update stay in float32. --compile compiles the generator's passes (state_dict unchanged).
         self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
-                                          enabled=cfg.amp == 'bf16',
+                                          enabled=amp == 'bf16',
                                           cache_enabled=not self.cuda_graph)
-        self.batch_size, self.graph, self.warm_up_steps = cfg.batch_size, None, 0
-        self.compile, self.world, self.passes = cfg.compile, SOLO, self.gen
-        if cfg.compile:
+        self.num_train, self.device = num_train, device
+        self.batch_size, self.graph, self.warm_up_steps = batch_size, None, 0
+        self.compile, self.world, self.passes = compile, SOLO, self.gen
+        if compile:
             self.passes = torch.compile(self.gen)
 
     def distribute(self, world, device):
@@ -77,6 +109,11 @@ class DADH:
     @property
     def lr(self):
         return float(self.gen_opt.param_groups[0]['lr'])
+
+    def train_epoch(self, batches, generator):
+        """One shuffled pass over the training rows (SPEC §6), a train_step per batch."""
+        rows = shuffled_batches(self.num_train, self.batch_size, generator, self.device, batches.note)
+        return run_steps(self.train_step, batches, rows, batches.desc)
 
     def train_step(self, rows, images, text, labels):
         """One batch of SPEC §6: both discriminator steps, then one generator step on E.
@@ -158,29 +195,12 @@ class DADH:
         self.B.copy_(update_codes(train_labels, self.B, self.H_i, self.H_t, self.lamb, self.mu))
         decay_lr(self.gen_opt, epoch, 0.8)
 
-    def encode(self, images, text, batch_size=4096):
-        """sign(h) of both modalities in eval mode (SPEC §2, §7), in large batches."""
-        return [self.encode_images(images, batch_size), self.encode_text(text, batch_size)]
+    def encode_images(self, images):
+        """sign(h_i) in eval mode (SPEC §2, §7), in batches of 4096 rows."""
+        return encode_in_batches(self.gen.eval().image_codes, images, 4096, self.autocast, 'image codes')
 
-    def encode_images(self, images, batch_size=4096):
-        # Raw images: CNN-F's activations for 4096 images would take about 10 GB.
-        return self._codes(self.gen.image_codes, images, 'image codes',
-                           batch_size if torch.is_tensor(images) else 256)
-
-    def encode_text(self, text, batch_size=4096):
-        return self._codes(self.gen.text_codes, text, 'text codes', batch_size)
-
-    @torch.inference_mode()
-    def _codes(self, to_codes, x, name, size):
-        self.gen.eval()
-        with self.autocast():
-            return torch.cat([to_codes(read_rows(x, s, s + size)).float()
-                              for s in bar(range(0, len(x), size), name)])
-
-    @staticmethod
-    def is_better(mapi2t, mapt2i, best):
-        """Keep the generator with the best mean of the two MAPs (SPEC §6)."""
-        return best is None or (mapi2t + mapt2i) / 2 > sum(best) / 2
+    def encode_text(self, text):
+        return encode_in_batches(self.gen.eval().text_codes, text, 4096, self.autocast, 'text codes')
 
     def save_best(self, run_dir):
         atomic_save(self.gen.state_dict(), run_dir / self.MODEL_FILE)

@@ -14,13 +14,12 @@ layers); `hash_module.img|txt.0` and `classifier.img|txt.0` are 1x1 convolutions
 """
 from utils.errors import UserError
 
-PUBLISHED_FILE = {'DADH': 'GEN_module.pth', 'AGAH': 'AGAH.pth'}
-
 
 def model_path(method, run_dir):
-    """The model of `method` in `run_dir`: this project's file, or the published code's file when
-    only that one is there."""
-    own, published = run_dir / method.MODEL_FILE, run_dir / PUBLISHED_FILE[method.__name__]
+    """The model of `method` (a class of models.METHODS) in `run_dir`: this project's file, or the
+    published code's file (its PUBLISHED_FILE) when only that one is there."""
+    own = run_dir / method.MODEL_FILE
+    published = run_dir / method.PUBLISHED_FILE if method.PUBLISHED_FILE else own
     return published if not own.exists() and published.exists() else own
 
 

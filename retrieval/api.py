@@ -12,6 +12,7 @@ item's code encoded within a batch by `write`. DADH's codes are per item.
 import torch
 
 import config
+import runs
 from datasets.data_handler import RawImages
 from datasets.images import load_image
 from datasets.prepare import load_sidecar
@@ -31,10 +32,9 @@ class Run:
     """A trained model with its data file: encodes to ±1 code tensors on the CPU."""
 
     def __init__(self, cfg, device, method, data):
-        import main
         self.cfg, self.device, self.method, self.data = cfg, device, method, data
         self.sidecar = load_sidecar(cfg.data_path)
-        self.model_file = main.model_file(cfg)
+        self.model_file = runs.model_file(cfg)
         self.identity = {'model_file': str(self.model_file), 'model_sha256': sha256(self.model_file),
                          'method': cfg.model, 'bit': cfg.bit, 'flag': cfg.flag,
                          'data_path': str(cfg.data_path), 'image_mean': data.image_mean,
@@ -81,8 +81,8 @@ class Run:
         if modality == 'text':
             return self.encode_text(self.data.text[selected.start:selected.stop])
         images = self.data.images[selected.start:selected.stop]
-        if self.raw_images:  # the method reads them from disk batch by batch
-            return self.method.encode_images(images).cpu()
+        if self.raw_images:  # read from disk a chunk at a time
+            return runs.encode(self.method, 'image', images).cpu()
         return self.encode_images(images)
 
     @property
@@ -100,14 +100,11 @@ class Run:
 
 
 def load_run(**options):
-    """The trained model of these options (as `test` takes them) and its data file."""
-    import main
+    """The trained model of these options (as `test` takes them) and its data file, whose rows are
+    read as they are encoded."""
     cfg = config.parse(options)
-    device = main.resolve_device(cfg.device)
-    out, _ = main.trained_run(cfg, device)
-    data = main.read_data(cfg, lazy=True)  # rows are read as they are encoded
-    method = main.make_method(cfg, isinstance(data.images, RawImages), 1, device)
-    method.load_best(out, device)
+    device = runs.resolve_device(cfg.device)
+    _, _, data, method = runs.load_trained(cfg, device, lazy=True)
     return Run(cfg, device, method, data)
 
 
@@ -151,8 +148,8 @@ def write(run, out, modality='both', rows=':', append=False):
             codes = {}
             if 'image' in modalities:
                 images = run.data.images[part.start:part.stop]
-                codes['image'] = hamming.pack(run.method.encode_images(
-                    images if run.raw_images else torch.from_numpy(images).to(run.device)))
+                codes['image'] = hamming.pack(runs.encode(
+                    run.method, 'image', images if run.raw_images else torch.from_numpy(images).to(run.device)))
             if 'text' in modalities:
                 codes['text'] = hamming.pack(run.encode_text(run.data.text[part.start:part.stop]))
             yield list(part), codes, run.source_ids(part)

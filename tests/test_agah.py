@@ -129,7 +129,7 @@ def test_raw_images_are_read_from_disk_batch_by_batch(tmp_path):
     batch = data.images[torch.tensor([7, 2, 9])]
     assert batch.dtype == torch.float32
     assert torch.equal(batch, torch.from_numpy(images[[7, 2, 9]]).float())
-    assert torch.equal(data.images[4:8].read(), torch.from_numpy(images[4:8]).float())
+    assert torch.equal(data.images[torch.arange(4, 8)], torch.from_numpy(images[4:8]).float())
     assert torch.equal(data.images[4:8][torch.tensor([1])], torch.from_numpy(images[[5]]).float())
     # The same images in a v7 file (scipy) come out the same way.
     write_v7(tmp_path / 'raw7.mat', {'images': images.T, 'YAll': text, 'LAll': labels})
@@ -174,7 +174,7 @@ def test_agah_on_raw_images(tmp_path, raw_file):
                               '--pretrain_model_path', raw_file / 'vgg-f.mat',
                               '--query_size', 12, '--db_size', 36, '--training_size', 24)
     assert 'training 24, query 12, database 36' in train.stdout
-    assert 'CNN-F from' in train.stdout and '24-d fc7' in train.stdout
+    assert 'CNN-F (published geometry) from' in train.stdout and '24-d fc7' in train.stdout
     run = tmp_path / 'ck' / 'flickr25k_16_agah'
     model = torch.load(run / 'AGAH_module.pth', weights_only=True)
     assert model['image_net.0.features.0.weight'].shape == (8, 3, 11, 11)  # CNN-F, fine-tuned
@@ -216,13 +216,13 @@ def test_agah_state_dict_continues_exactly():
     images, text, labels = (torch.from_numpy(x).float() for x in small_dataset(n=32))
     cpu = torch.device('cpu')
     torch.manual_seed(0)
-    first = AGAH(cfg, 32, cpu)
+    first = AGAH(32, cpu, **cfg.hyper())
     for rows in (torch.arange(16), torch.arange(16, 32)):
         first.train_step(rows, images[rows], text[rows], labels[rows])
     first.end_epoch(0, labels)
     state = copy.deepcopy(first.state_dict())
     torch.manual_seed(1)
-    second = AGAH(cfg, 32, cpu)
+    second = AGAH(32, cpu, **cfg.hyper())
     second.load_state_dict(state)
     assert second.lr == pytest.approx(1e-4 * 0.6)  # the decay after epoch 0 came along
     rows = torch.arange(8, 24)

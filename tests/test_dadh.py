@@ -10,12 +10,15 @@ from torch import autograd
 from models.dadh import DADH
 
 SMALL = dict(image_dim=32, text_dim=24, hidden_dim=64, bit=8, lr=1e-3, alpha=10, beta=1, gamma=1,
-             margin=0.4, lamb=1, mu=1e-5, amp=None, compile=False, cuda_graph=False,
-             batch_size=16)
+             margin=0.4, lamb=1, mu=1e-5, batch_size=16, dropout=False)
 
 
 def config(**overrides):
-    return SimpleNamespace(**{**SMALL, 'dropout': False, **overrides})
+    return SimpleNamespace(**{**SMALL, **overrides})
+
+
+def dadh(cfg, num_train):
+    return DADH(num_train, torch.device('cpu'), **vars(cfg))
 
 
 def plain_step(gen, dis, opts, images, text, labels, codes, cfg):
@@ -94,7 +97,7 @@ def pre_bn_names(gen):
 def test_fast_step_equals_plain_step_for_several_steps(dropout):
     cfg = config(dropout=dropout)
     torch.manual_seed(0)
-    fast = DADH(cfg, 40, torch.device('cpu'))
+    fast = dadh(cfg, 40)
     gen, dis = copy.deepcopy(fast.gen), copy.deepcopy(fast.dis)
     opts = {'gen': torch.optim.Adam(gen.parameters(), lr=cfg.lr, weight_decay=5e-4),
             'feature': torch.optim.Adam(dis.feature_dis.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
@@ -125,7 +128,7 @@ def test_fast_step_equals_plain_step_for_several_steps(dropout):
 def test_running_statistics_are_updated_twice_per_batch_for_the_text_net():
     cfg = config()
     torch.manual_seed(0)
-    method = DADH(cfg, 16, torch.device('cpu'))
+    method = dadh(cfg, 16)
     rows = torch.arange(16)
     method.train_step(rows, torch.randn(16, 32), torch.rand(16, 24), torch.ones(16, 5))
     text_bn = [m for m in method.gen.text_net if isinstance(m, torch.nn.BatchNorm1d)]
@@ -137,7 +140,7 @@ def test_running_statistics_are_updated_twice_per_batch_for_the_text_net():
 def test_outputs_are_stored_and_codes_updated_after_the_epoch():
     cfg = config()
     torch.manual_seed(0)
-    method = DADH(cfg, 32, torch.device('cpu'))
+    method = dadh(cfg, 32)
     labels = torch.eye(4).repeat(8, 1)
     assert (method.H_i == 0).all() and set(method.B.unique().tolist()) <= {-1.0, 1.0}
     for rows in (torch.arange(16), torch.arange(16, 32)):
@@ -150,7 +153,7 @@ def test_outputs_are_stored_and_codes_updated_after_the_epoch():
 
 
 def test_learning_rate_decays_after_epochs_0_100_and_200_only():
-    method = DADH(config(lr=1e-4), 8, torch.device('cpu'))
+    method = dadh(config(lr=1e-4), 8)
     labels = torch.eye(4).repeat(2, 1)
     seen = []
     for epoch in range(201):

@@ -67,7 +67,7 @@ ENCODE = """
 import json, resource, sys
 from pathlib import Path
 import torch
-import config, main
+import config, runs
 from retrieval import api
 
 def peak_mb():
@@ -75,8 +75,8 @@ def peak_mb():
 
 options = dict(json.loads(sys.argv[1]))
 cfg = config.parse(options)
-main.run_dir(cfg).mkdir(parents=True)
-main.make_method(cfg, False, 1, torch.device('cpu')).save_best(main.run_dir(cfg))  # random weights
+runs.run_dir(cfg).mkdir(parents=True)
+runs.make_method(cfg, False, 1, torch.device('cpu')).save_best(runs.run_dir(cfg))  # random weights
 before = peak_mb()
 run = api.load_run(**options)
 api.write(run, Path(options['checkpoint_dir']) / 'codes.h5', 'image')

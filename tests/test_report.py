@@ -14,7 +14,7 @@ from PIL import Image
 
 import config
 import main
-from datasets.dataset import split_ranges
+from datasets.split import ranges_split
 from models.agah import AGAH, FEATURE_MAP_FILE
 from models.cnn_f import CNNF
 from models.dadh import DADH
@@ -88,10 +88,10 @@ def test_held_out_selection_chooses_another_epoch_and_never_trains_on_those_rows
 
 
 def test_held_out_rows_must_fit_in_the_database():
-    assert split_ranges(300, 'query_last', None, 250, 150, 50)[3] == range(150, 200)
-    assert split_ranges(300, 'query_first', 50, None, 150, 50)[3] == range(200, 250)
+    assert ranges_split(300, 'query_last', None, 250, 150, 50).held_out.tolist() == list(range(150, 200))
+    assert ranges_split(300, 'query_first', 50, None, 150, 50).held_out.tolist() == list(range(200, 250))
     with pytest.raises(UserError, match=r'--valid_size 101: the held-out rows \[150, 251\)'):
-        split_ranges(300, 'query_last', None, 250, 150, 101)
+        ranges_split(300, 'query_last', None, 250, 150, 101)
 
 
 def write_run(root, model, bit, seed, maps, **options):
@@ -190,9 +190,9 @@ def test_published_dadh_model_gives_the_same_codes_and_test(runs, tmp_path, caps
     images, text = torch.randn(20, 64), (torch.rand(20, 40) < 0.2).float()
     codes = []
     for folder in (query['dir'], published):
-        method = DADH(cfg, 10, torch.device('cpu'))
+        method = DADH(10, torch.device('cpu'), **cfg.hyper())
         method.load_best(folder, torch.device('cpu'))
-        codes.append(method.encode(images, text))
+        codes.append([method.encode_images(images), method.encode_text(text)])
     assert all(torch.equal(a, b) for a, b in zip(*codes))
     assert capsys.readouterr().out.count('published DADH code') == 1
 
@@ -228,7 +228,7 @@ def test_published_agah_model_gives_the_same_codes(tmp_path, capsys, has_cnn):
                             text_dim=40, num_label=6, batch_size=8, device='cpu', vis_env=None))
     cnn = lambda: CNNF([8, 16, 16, 16, 16, 32, 32]) if has_cnn else None
     torch.manual_seed(1)
-    trained = AGAH(cfg, 10, cpu, cnn())
+    trained = AGAH(10, cpu, cnn(), **cfg.hyper())
     trained.feature_map.copy_(torch.nn.functional.normalize(trained.feature_map, dim=1))
     own, published = tmp_path / 'own', tmp_path / 'published'
     for folder in (own, published):
@@ -242,11 +242,11 @@ def test_published_agah_model_gives_the_same_codes(tmp_path, capsys, has_cnn):
     codes = []
     for folder in (own, published):
         torch.manual_seed(2)  # other weights, replaced by the file's
-        method = AGAH(cfg, 10, cpu, cnn())
+        method = AGAH(10, cpu, cnn(), **cfg.hyper())
         method.load_best(folder, cpu)
-        codes.append(method.encode(images, text))
+        codes.append([method.encode_images(images), method.encode_text(text)])
     assert all(torch.equal(a, b) for a, b in zip(*codes))
-    assert all(torch.equal(a, b) for a, b in zip(codes[0], trained.encode(images, text)))
+    assert all(torch.equal(a, b) for a, b in zip(codes[0], [trained.encode_images(images), trained.encode_text(text)]))
     notice = [line for line in capsys.readouterr().out.splitlines() if 'published AGAH code' in line]
     assert len(notice) == 1 and 'img_discriminator and txt_discriminator' in notice[0]
 
@@ -261,7 +261,7 @@ def test_valid_false_prints_the_final_map(runs, tmp_path):
                           if line.startswith('epoch') and 'MAP' in line]
     test = main_py('test', *options)
     assert MAP_LINE.search(test.stdout).groups() == final.groups()
-    assert json.loads((tmp_path / 'flickr25k_16' / 'metrics.json').read_text())['select_on'] == 'final'
+    assert json.loads((tmp_path / 'flickr25k_16' / 'metrics.json').read_text())['select_on'] == 'last'
 
 
 def test_test_applies_the_tf32_setting_of_its_train(runs, tmp_path):

@@ -59,7 +59,10 @@ def test_no_server_costs_one_line_and_the_log_replays(tmp_path, data_path):
     assert seconds < off_seconds + 5
     log = tmp_path / 'ck' / 'flickr25k_16' / 'visdom.log'
     events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert {msg['win'] for _, msg in events} == {'loss', 'lr', 'mapi2t', 'mapt2i'}
+    # the epoch's loss, each of DADH's terms (SPEC §4), the learning rate and the MAPs
+    assert {msg['win'] for _, msg in events} == {
+        'loss', 'lr', 'mapi2t', 'mapt2i', 'loss_triplet', 'loss_quantisation', 'loss_adversarial',
+        'loss_discriminator'}
 
     import visdom
     with visdom_server(tmp_path / 'envs') as server_port:

@@ -1,0 +1,6 @@
+"""The methods: name -> class (the interface of models/method.py). The one registry that config,
+main, runs, retrieval, report and the run scripts read; `--model` takes its names."""
+from models.agah import AGAH
+from models.dadh import DADH
+
+METHODS = {method.NAME: method for method in (DADH, AGAH)}
