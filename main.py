@@ -168,6 +168,7 @@ def train(**options):
         print(f"...training done: best MAP(i->t): {mapi2t:.4f}, MAP(t->i): {mapt2i:.4f}, epoch "
               f"{history['best_epoch']} chosen on {runs.SELECTION[cfg.select_on]}; model in "
               f"{runs.model_file(cfg)}")
+    world.finish()
 
 
 def stop_training(signum, out, epoch, saved_epoch):
@@ -181,7 +182,7 @@ def stop_training(signum, out, epoch, saved_epoch):
                                                            else ['--resume', 'True']))
         print(f'stopped during epoch {epoch + 1}; {out / runs.LAST_FILE} keeps epoch {saved_epoch}. '
               f'Resume (from epoch {saved_epoch + 1}) with:\n  {command}', file=sys.stderr, flush=True)
-    sys.exit(128 + signum)
+    distributed.leave(128 + signum)
 
 
 @cli

@@ -82,3 +82,58 @@ def test_every_matconvnet_layout_loads_the_same_network(tmp_path, weights_field,
     assert torch.equal(cnn.average_image, torch.from_numpy(stored.transpose()))
     images = torch.rand(2, 3, 224, 224) * 255
     torch.testing.assert_close(cnn(images), reference(images - torch.from_numpy(stored.transpose())))
+
+
+def test_matconvnet_geometry_pools_to_27_and_normalises_over_five_channels():
+    """SPEC-DCMH §3, SPEC-SSAH §3: pool1 after a zero pad at the bottom and right only (54 -> 55 ->
+    27), and y = x (k + alpha sum x^2)^-beta over a centred window of 5 channels, clipped at the
+    ends, alpha not divided by the window."""
+    cnn = CNNF([64, 256, 256, 256, 256, 4096, 4096], geometry='matconvnet')
+    sizes = []
+    x = torch.zeros(1, 3, 224, 224)
+    with torch.no_grad():
+        for layer in cnn.features:
+            x = layer(x)
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+                sizes.append(x.shape[-1])
+    assert sizes == [54, 27, 27, 13, 13, 13, 13, 6, 1, 1]
+    lrn = cnn.features[2]
+    x = torch.rand(2, 7, 3, 3, dtype=torch.float64) * 40
+    expected = torch.empty_like(x)
+    for c in range(7):
+        window = x[:, max(0, c - 2):c + 3]
+        expected[:, c] = x[:, c] * (2 + 1e-4 * (window ** 2).sum(1)) ** -0.75
+    torch.testing.assert_close(lrn(x), expected, rtol=1e-12, atol=0)
+    assert isinstance(cnn.features[7], torch.nn.LocalResponseNorm)
+
+
+@pytest.mark.parametrize('weights_field, normalization, average', [
+    ('weights', 'top', 'image'), ('filters', 'meta', 'mean')])
+def test_matconvnet_geometry_loads_every_layout_with_the_same_weights(tmp_path, weights_field,
+                                                                      normalization, average):
+    write_vgg_f(tmp_path / 'ref.mat', WIDTHS)
+    write_vgg_f(tmp_path / 'layout.mat', WIDTHS, weights_field=weights_field,
+                normalization=normalization, average=average)
+    published = CNNF.from_matconvnet(tmp_path / 'ref.mat')
+    cnn = CNNF.from_matconvnet(tmp_path / 'layout.mat', geometry='matconvnet')
+    assert cnn.geometry == 'matconvnet'
+    for name, conv in cnn.convs.items():
+        assert torch.equal(conv.weight, published.convs[name].weight)
+    images = torch.rand(2, 3, 224, 224) * 255
+    assert cnn(images).shape == published(images).shape == (2, 24)
+    assert not torch.allclose(cnn(images), published(images))  # another geometry, other features
+
+
+def test_matconvnet_lrn_takes_the_files_norm_param(tmp_path):
+    write_vgg_f(tmp_path / 'vgg-f.mat', WIDTHS)
+    data = {k: v for k, v in scipy.io.loadmat(tmp_path / 'vgg-f.mat').items() if not k.startswith('__')}
+    cells = np.empty((1, data['layers'].shape[1] + 1), dtype=object)
+    for i in range(data['layers'].shape[1]):
+        cells[0, i] = data['layers'][0, i]
+    cells[0, -1] = {'name': 'norm1', 'type': 'lrn', 'param': np.array([5, 1.0, 2e-5, 0.75])}
+    data['layers'] = cells
+    scipy.io.savemat(tmp_path / 'vgg-f.mat', data)
+    lrn = CNNF.from_matconvnet(tmp_path / 'vgg-f.mat', geometry='matconvnet').features[2]
+    assert (lrn.size, lrn.k, lrn.beta) == (5, 1.0, 0.75) and lrn.alpha == pytest.approx(1e-4)
+    with pytest.raises(UserError, match='the CNN-F geometry must be one of published, matconvnet'):
+        CNNF(WIDTHS, geometry='tf')

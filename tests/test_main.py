@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.matfiles import small_dataset, write_nus_folder, write_v7, write_v73
@@ -147,6 +146,46 @@ def test_help_lists_every_option_with_its_default():
     assert "its own defaults of the options above: {'valid_freq': 20}" in result.stdout
 
 
+def test_help_of_one_method_lists_its_own_options_only():
+    result = run_main('help', '--model', 'agah')
+    assert result.returncode == 0
+    assert 'options of --model agah:' in result.stdout and 'options of --model dadh' not in result.stdout
+    for option, default in (('emb_dim', '512'), ('lambd', '0.8'), ('lr', '0.0001'), ('gamma', '0.001')):
+        assert re.search(rf'--{option}\s+{re.escape(default)}\s+\S', result.stdout), option
+    assert '--hidden_dim' not in result.stdout and '--lamb ' not in result.stdout
+    assert '--select_on' in result.stdout  # the run's options come too
+
+
+def test_nothing_imports_main_and_models_import_neither_datasets_nor_config():
+    """The one way down (runs.py assembles a run; a method takes tensors and numbers)."""
+    import ast
+    for path in REPO.rglob('*.py'):
+        parts = path.relative_to(REPO).parts
+        if parts[0] in ('.venv', 'tests'):
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split('.')[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split('.')[0])
+        assert 'main' not in imported, path
+        if parts[0] == 'models':
+            assert not imported & {'datasets', 'config', 'runs', 'retrieval'}, path
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_one_warning(capsys):
+    import runs
+    import torch
+    flags = next(line for line in open('/proc/cpuinfo') if line.startswith('flags')).split()
+    runs.configure_device(False, 'bf16', torch.device('cpu'))
+    warned = capsys.readouterr().err
+    native = bool({'avx512_bf16', 'amx_bf16'} & set(flags))
+    assert warned.count('emulated, slower than float32') == (0 if native else 1)
+    runs.configure_device(False, None, torch.device('cpu'))
+    assert capsys.readouterr().err == ''
+
+
 @pytest.mark.parametrize('args, message', [
     (['--bitt', '16'], r'unknown option --bitt; did you mean --bit'),
     (['--bit', '0'], r'--bit must be positive, got 0'),
@@ -155,6 +194,9 @@ def test_help_lists_every_option_with_its_default():
     (['--data_path', 'no/such/file.mat', '--device', 'cpu'], r'no/such/file.mat: no such file'),
     (['--emb_dim', '512'], r'--emb_dim is an option of --model agah, not of --model dadh'),
     (['--model', 'agah', '--lamb', '2'], r'--lamb is an option of --model dadh, not of --model agah'),
+    (['--hidden_dim', '8'], r'--hidden_dim must be at least 16 \(width of the first hidden layer'),
+    (['--model', 'agah', '--emb_dim', '0'], r'--emb_dim must be positive, got 0'),
+    (['--select_on', 'best'], r'--select_on must be one of query, valid, last'),
     (['--model', 'dcmh'], r"--model must be one of dadh, agah, got 'dcmh'"),
 ])
 def test_bad_options_end_in_one_line(tmp_path, args, message):

@@ -21,12 +21,13 @@ def cli(command):
     loop into exit status 130 without a traceback: main.py's commands and the benchmarks."""
     @functools.wraps(command)
     def run(*args, **options):
+        from utils.distributed import leave
         try:
             command(*args, **options)
         except UserError as e:
             print(f'error: {e}', file=sys.stderr, flush=True)
-            sys.exit(2)
+            leave(2)
         except KeyboardInterrupt:
             print('\ninterrupted', file=sys.stderr, flush=True)
-            sys.exit(130)
+            leave(130)
     return run
