@@ -140,12 +140,8 @@ def train(**options):
             if world.is_main:
                 if keep_last and epoch + 1 == epochs:
                     method.save_best(out)
-                if epoch == start_epoch:  # with this run's first files: a failed first epoch changes nothing
-                    # What test (--tf32, --amp, the rows), report (the options that tell runs apart)
-                    # and a resumed run read back.
-                    record = {**cfg.options, 'split_sha256': splits.split.save(out / runs.SPLIT_FILE)}
-                    atomic_write(out / 'config.json',
-                                 lambda f: f.write(json_lib.dumps(record, indent=1).encode()))
+                if epoch == start_epoch:
+                    runs.write_run_files(out, cfg, splits)
                 runs.write_results(out, history)
             if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == epochs:
                 if world.is_main:

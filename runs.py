@@ -25,6 +25,7 @@ from utils.progress import bar
 
 LAST_FILE = 'last.pth'
 SPLIT_FILE = 'split.json'  # the run's own rows of each part, written with its first files
+STATISTICS_FILE = 'statistics.json'  # the data statistics it trained with (load_data), likewise
 # How the kept model was chosen, in the printed lines and the report.
 SELECTION = {'query': 'the test queries', 'valid': 'the held-out rows', 'last': 'the last epoch'}
 RAW_CHUNK = 256  # raw images read and encoded at a time: CNN-F's activations for 4096 take ~10 GB
@@ -91,13 +92,19 @@ def run_options(out):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_data(cfg, lazy=False):
-    """The data file of `cfg` (the demo's written on first use), read as the method takes it;
-    `lazy` leaves its rows on disk until asked for (load_data)."""
+def read_data(cfg, lazy=False, out=None):
+    """The data file of `cfg` (the demo's written on first use), read as the method takes it, with
+    the statistics of the run in `out` (statistics.json: the image standardisation and text
+    centring it trained with) where it has them, else with the file's own; `lazy` leaves its rows
+    on disk until asked for (load_data)."""
     if cfg.flag == 'demo':
         ensure_demo(cfg.data_path)
+    statistics = None
+    if out is not None and (out / STATISTICS_FILE).is_file():
+        statistics = json.loads((out / STATISTICS_FILE).read_text())
     return load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
-                     standardise_images=cfg.method.STANDARDISE_FEATURES, lazy=lazy)
+                     standardise_images=cfg.method.STANDARDISE_FEATURES,
+                     centre_text=cfg.method.CENTRE_TEXT, statistics=statistics, lazy=lazy)
 
 
 def make_split(cfg, n, out=None):
@@ -122,13 +129,14 @@ def make_split(cfg, n, out=None):
 
 
 def load_splits(cfg, device, out=None):
-    """The data of `cfg` read and split (splits_of)."""
-    return splits_of(cfg, read_data(cfg), device, out)
+    """The data of `cfg` read and split (splits_of), as the run in `out` (if any) read them."""
+    return splits_of(cfg, read_data(cfg, out=out), device, out)
 
 
 def splits_of(cfg, data, device, out=None):
     """The run's split of `data` (make_split) on `device`, said in one line."""
     splits = Splits(data, make_split(cfg, len(data), out), device)
+    splits.statistics = data.statistics
     sizes, held = splits.sizes(), splits.split.held_out
     where = (f'rows [{held[0]}, {held[-1] + 1}), ' if sizes['held_out'] and (np.diff(held) == 1).all()
              else '')
@@ -171,7 +179,7 @@ def load_trained(cfg, device, lazy=False):
     """(run folder, options it was trained with, its data, its method with the kept model loaded):
     what test, encode and search start from. `lazy` reads the data file's rows as asked for."""
     out, trained = trained_run(cfg, device)
-    data = read_data(cfg, lazy=lazy)
+    data = read_data(cfg, lazy=lazy, out=out)
     method = make_method(cfg, isinstance(data.images, RawImages), 1, device)
     method.load_best(out, device)
     return out, trained, data, method
@@ -213,6 +221,16 @@ def load_last(out, cfg, device):
         raise UserError(f'--resume: {out / LAST_FILE} was made with other options: '
                         f'{", ".join(differences)}')
     return state
+
+
+def write_run_files(out, cfg, splits):
+    """What test, encode, search, report and a resumed run read back of a run: its rows
+    (split.json), the data statistics it trained with (statistics.json) and its options
+    (config.json, with the split's sha256). Written with the run's first epoch, so that a failed
+    first epoch changes nothing."""
+    atomic_write(out / STATISTICS_FILE, lambda f: f.write(json.dumps(splits.statistics).encode()))
+    record = {**cfg.options, 'split_sha256': splits.split.save(out / SPLIT_FILE)}
+    atomic_write(out / 'config.json', lambda f: f.write(json.dumps(record, indent=1).encode()))
 
 
 def write_results(out, history):

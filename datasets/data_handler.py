@@ -21,13 +21,22 @@ HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 
 
 class Data:
-    """The whole file as float32 arrays (or FileRows), one row per sample; images standardised,
-    with the scalar mean and std applied (None when not), which queries from outside the file need
-    too."""
+    """The whole file as float32 arrays (or FileRows), one row per sample, with the statistics
+    applied to them (`statistics`: image_mean and image_std of the scalar image standardisation,
+    text_mean of the column centring, where the method asks for them), which queries from outside
+    the file need too."""
 
-    def __init__(self, images, text, labels, source, image_mean=None, image_std=None):
+    def __init__(self, images, text, labels, source, statistics=None):
         self.images, self.text, self.labels, self.source = images, text, labels, source
-        self.image_mean, self.image_std = image_mean, image_std
+        self.statistics = statistics or {}
+
+    @property
+    def image_mean(self):
+        return self.statistics.get('image_mean')
+
+    @property
+    def image_std(self):
+        return self.statistics.get('image_std')
 
     def __len__(self):
         return len(self.labels)
@@ -93,11 +102,11 @@ class _Array:
 
 class FileRows:
     """One matrix of an open data file as N float32 rows read on indexing: rows[a:b] is a 2-D
-    array, rows[i] one row; standardised with `mean` and `std` when they are set."""
+    array, rows[i] one row; (x - shift) / scale when `shift` is set (a scalar or a row)."""
 
     def __init__(self, array, n, sample_axis):
         self.array, self.sample_axis, self.shape = array, sample_axis, (n, array.shape[1 - sample_axis])
-        self.mean = self.std = None
+        self.shift, self.scale = None, 1.0
 
     def __len__(self):
         return self.shape[0]
@@ -111,9 +120,9 @@ class FileRows:
         # C order as _read's array has it: the statistics then sum in the same order
         block = np.ascontiguousarray(self.array.rows(start, max(start, stop), self.sample_axis),
                                      dtype=np.float32)
-        if self.mean is None:
+        if self.shift is None:
             return block
-        return ((block - self.mean) / self.std).astype(np.float32)
+        return ((block - self.shift) / self.scale).astype(np.float32)
 
 
 def _open_v5(path, keys):
@@ -254,23 +263,34 @@ def image_statistics(images):
     return mean, std
 
 
-def standardise(images):
-    """In place: x <- (x - mean(X)) / std(X) with image_statistics; returns (mean, std)."""
-    mean, std = image_statistics(images)
-    for s in range(0, len(images), CHUNK_ROWS):
-        images[s:s + CHUNK_ROWS] = (images[s:s + CHUNK_ROWS] - mean) / std
-    return mean, std
+def column_means(x):
+    """The mean of each column over every row, accumulated in float64 chunk by chunk."""
+    return sum(chunk.sum(axis=0, dtype=np.float64) for chunk in _chunks(x)) / len(x)
 
 
-def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=True, lazy=False):
+def shift_and_scale(x, shift, scale=1.0):
+    """x <- (x - shift) / scale: in place for an array (chunk by chunk), as it is read for
+    FileRows; in float64 either way (a Python float would leave float32 arrays in float32)."""
+    shift, scale = np.asarray(shift, dtype=np.float64), np.float64(scale)
+    if isinstance(x, FileRows):
+        x.shift, x.scale = shift, scale
+        return
+    for s in range(0, len(x), CHUNK_ROWS):
+        x[s:s + CHUNK_ROWS] = (x[s:s + CHUNK_ROWS] - shift) / scale
+
+
+def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=False,
+              centre_text=False, statistics=None, lazy=False):
     """Load (images, text, labels) from `path` and check them against the expected widths.
 
     `keys` names the image, text and label variables of a single file; a folder is read as the
     three-file NUS-WIDE layout (NUS_FOLDER_FILES) whatever the keys. Image features become float32
-    arrays (standardised unless told not to); raw images stay on disk as RawImages. With `lazy`
-    every matrix is FileRows over the files, left open, read a chunk at a time for the checks and
-    the image statistics: memory bounded whatever the row count (a MATLAB v5 file, which scipy
-    reads whole, is held as read)."""
+    arrays, raw images stay on disk as RawImages. `standardise_images`: image features less one
+    scalar mean, over one scalar std (SPEC §1); `centre_text`: text less each column's mean over
+    every row (SPEC-DCMH §2); both with the given `statistics` (a run's own, as Data.statistics
+    holds them) or else those of this file. With `lazy` every matrix is FileRows over the files,
+    left open, read a chunk at a time for the checks and the statistics: memory bounded whatever
+    the row count (a MATLAB v5 file, which scipy reads whole, is held as read)."""
     with contextlib.ExitStack() as opened_files:
         if os.path.isdir(path):
             files = [os.path.join(path, name) for name, _ in NUS_FOLDER_FILES]
@@ -316,13 +336,20 @@ def load_data(path, keys, image_dim, text_dim, num_label, standardise_images=Tru
         if unlabelled:
             warn(f'{path}: {unlabelled} of {n} samples have no label: as triplet anchors they get zero '
                  'weight (SPEC §4.1), as queries they count as MAP 0 (SPEC §7)')
-        mean = std = None
+        applied = {}
         if standardise_images and not raw:
-            if lazy:
-                mean, std = image_statistics(images)
-                images.mean, images.std = mean, std
-            else:
-                mean, std = standardise(images)
+            mean, std = ((statistics['image_mean'], statistics['image_std']) if statistics
+                         else image_statistics(images))
+            shift_and_scale(images, mean, std)
+            applied.update(image_mean=float(mean), image_std=float(std))
+        if centre_text:
+            text_mean = (np.asarray(statistics['text_mean'], dtype=np.float64) if statistics
+                         else column_means(text))
+            if text_mean.shape != (text.shape[1],):
+                raise UserError(f'{path}: the run centred {len(text_mean)} text columns, the file '
+                                f'has {text.shape[1]}')
+            shift_and_scale(text, text_mean)
+            applied['text_mean'] = text_mean.tolist()
         if lazy:
             opened_files.pop_all()  # the FileRows read from them from now on
-    return Data(images, text, labels, path, mean, std)
+    return Data(images, text, labels, path, applied)

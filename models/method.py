@@ -10,7 +10,8 @@ interface"); a method is one file in models/ plus its line in models/__init__.py
   anything else that differs there; DEMO, the smaller defaults of --flag demo; SETTINGS, per --flag,
   the options of its published runs that are not defaults (run_mir.sh, run_nus.sh pass them);
   PUBLISHED, the MAP rows its paper prints (`report` shows them beside the runs);
-  STANDARDISE_FEATURES (DADH's scalar standardisation of the image features) and
+  STANDARDISE_FEATURES (DADH's scalar standardisation of the image features), CENTRE_TEXT (text
+  less each column's mean, DCMH's), both computed on the training file and kept with the run, and
   SUBTRACT_AVERAGE_IMAGE (CNN-F's input less the weight file's average image); CNN_GEOMETRY,
   the CNN-F it fine-tunes on raw images ('published' or 'matconvnet', models/cnn_f.py); SPLIT,
   the scheme of its published split ('ranges' or 'random', datasets/split.py).
@@ -50,6 +51,7 @@ class Method:
     SETTINGS = {}
     PUBLISHED = ()
     STANDARDISE_FEATURES = False
+    CENTRE_TEXT = False
     SUBTRACT_AVERAGE_IMAGE = True
     CNN_GEOMETRY = 'published'
     SPLIT = 'ranges'
