@@ -8,6 +8,7 @@ the command line.
 """
 import difflib
 import inspect
+import sys
 
 from models import METHODS
 from models.cnn_f import GEOMETRIES
@@ -237,8 +238,31 @@ def parse(options):
 
 def settings(model, flag):
     """The options of a method's published runs on data set `flag` that are not defaults, as
-    command-line words (run_mir.sh and run_nus.sh pass them before the user's own)."""
+    command-line words."""
     return ' '.join(f'--{k} {v}' for k, v in METHODS[model].SETTINGS.get(flag, {}).items())
+
+
+def run_words(model, flag, words):
+    """The command-line words of one run of a sweep (train_test.sh): `model`'s published settings
+    on `flag`, then `words` without the options that belong to other methods only (a sweep's
+    `--hidden_dim 64` is DADH's; said once on stderr); unknown options stay, for train to refuse."""
+    own = known_options(model)
+    others = {name for m, cls in METHODS.items() if m != model for name in cls.OPTIONS} - set(own)
+    kept, dropped, i = settings(model, flag).split(), [], 0
+    while i < len(words):
+        word = words[i]
+        takes_value = word.startswith('--') and '=' not in word and i + 1 < len(words) and \
+            not words[i + 1].startswith('--')
+        option = words[i:i + 1 + takes_value]
+        if word.startswith('--') and word[2:].split('=')[0] in others:
+            dropped.append(word[2:].split('=')[0])
+        else:
+            kept += option
+        i += len(option)
+    if dropped:
+        print(f"sweep: --model {model} takes no {', '.join('--' + d for d in dropped)}: not passed to it",
+              file=sys.stderr)
+    return kept
 
 
 def _option_lines(options):

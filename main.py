@@ -151,15 +151,23 @@ def train(**options):
                 saved_epoch = epoch + 1
             print(summary, flush=True)
 
+    history['finished'] = True  # what `status` reads: the run went to its end
+    if not keep_last and not history['best']:  # --valid_freq above the epochs run: none validated
+        print(f'no epoch was validated (--valid_freq {cfg.valid_freq}, {epochs} epochs): the last '
+              "epoch's model is kept")
+        keep_last = True
+        if world.is_main:
+            method.save_best(out)
     if keep_last:  # as the published code: the final model's MAP, from its last validation if any
         validated = history['valid_epoch'] and history['valid_epoch'][-1] == epochs
         history['final'] = ((history['mapi2t'][-1], history['mapt2i'][-1]) if validated
                             else runs.evaluate(method, splits)['query'])
-        if world.is_main:
-            runs.write_results(out, history)
+    if world.is_main:
+        runs.write_results(out, history)
+    if keep_last:
         print(f"...training done: final MAP(i->t): {history['final'][0]:.4f}, "
               f"MAP(t->i): {history['final'][1]:.4f}; model in {runs.model_file(cfg)}")
-    elif history['best']:
+    else:
         mapi2t, mapt2i = history['best_query']
         print(f"...training done: best MAP(i->t): {mapi2t:.4f}, MAP(t->i): {mapt2i:.4f}, epoch "
               f"{history['best_epoch']} chosen on {runs.SELECTION[cfg.select_on]}; model in "
@@ -200,9 +208,10 @@ def test(**options):
         atomic_write(out / f'p_at_k_{direction}.npy', lambda f: np.save(f, np.stack([P_AT_K, p_at_k])))
     history = json_lib.loads((out / 'history.json').read_text()) if (out / 'history.json').is_file() else {}
     # The rule that chose the model: 'query', 'valid', or 'last' (the last epoch's model).
-    selection = trained.get('select_on', 'query') if trained.get('valid', True) else 'last'
+    selection = 'last' if 'final' in history else trained.get('select_on', 'query')
     report = {'dataset': cfg.dataset, 'model': cfg.model, 'bit': cfg.bit,
               'checkpoint': str(runs.model_file(cfg)), 'date': datetime.now().isoformat(timespec='seconds'),
+              'data_path': str(cfg.data_path), 'split': splits.split.source or cfg.split,
               'query_size': splits.sizes()['query'], 'database_size': splits.sizes()['database'],
               'select_on': selection, 'best_epoch': history.get('best_epoch'),
               'options': trained or cfg.options, **figures}
@@ -216,6 +225,24 @@ def test(**options):
         print(f"model: epoch {history['best_epoch']}, chosen on {runs.SELECTION[selection]} "
               f"(--select_on {selection})")
     print(f"...test MAP: MAP(i->t): {figures['i2t']['map']:.4f}, MAP(t->i): {figures['t2i']['map']:.4f}")
+
+
+@cli
+def split(out, seed=None, overwrite=False, **options):
+    """A split file for --split FILE (any method reads it): the data set's fixed rows (the DADH
+    layout), or with --seed N a random permutation drawn from N; held-out rows included."""
+    cfg = config.parse(options)
+    split_rows, sha = runs.write_split(cfg, out, seed, overwrite)
+    sizes = {name: len(rows) for name, rows in split_rows.parts().items()}
+    print(f'wrote {out} (sha256 {sha[:12]}): {sizes} of {split_rows.rows} rows')
+
+
+@cli
+def status(**options):
+    """One line: the state of the run folder of these options (new, partial, trained, tested) and
+    the folder; the run scripts read it to skip finished runs and resume half-done ones."""
+    state, out = runs.run_state(config.parse(options))
+    print(state, out)
 
 
 @cli
@@ -307,5 +334,6 @@ def help(model=None):
 
 if __name__ == '__main__':
     reuse_freed_memory()
-    fire.Fire({'train': train, 'test': test, 'plot': plot, 'visdom': visdom, 'report': report, 'prepare': prepare, 'encode': encode, 'search': search,
+    fire.Fire({'train': train, 'test': test, 'split': split, 'status': status, 'plot': plot,
+               'visdom': visdom, 'report': report, 'prepare': prepare, 'encode': encode, 'search': search,
                'index': index, 'help': help})

@@ -128,6 +128,41 @@ def make_split(cfg, n, out=None):
     return split
 
 
+def write_split(cfg, out, seed=None, overwrite=False):
+    """`python main.py split`: a split file of the data file of `cfg`, with the data set's sizes:
+    its fixed row ranges in --flag's layout (DADH's), or with `seed` a random permutation drawn
+    from it (the scheme of DCMH's and SSAH's published splits); held-out rows of --valid_size
+    included. An existing file is kept unless `overwrite`. Returns the split and its sha256."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f'--out {out}: already exists (pass --overwrite True to replace it)')
+    if out.suffix != '.json':
+        raise UserError(f'--out {out}: split files are written as .json')
+    n = len(read_data(cfg, lazy=True))
+    if seed is None:
+        split = ranges_split(n, cfg.layout, cfg.query_size, cfg.db_size, cfg.training_size,
+                             cfg.valid_size)
+    else:
+        query_size = cfg.query_size or n - cfg.db_size
+        split = random_split(n, query_size, cfg.db_size, cfg.training_size, cfg.valid_size, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return split, split.save(out)
+
+
+def run_state(cfg):
+    """(state, folder) of the run folder of `cfg`: 'tested' (trained to its end, then tested),
+    'trained' (trained to its end), 'partial' (a last.pth to resume) or 'new'."""
+    out = run_dir(cfg)
+    history = out / 'history.json'
+    finished = history.is_file() and json.loads(history.read_text()).get('finished')
+    if finished and (out / 'metrics.json').is_file() and (
+            (out / 'metrics.json').stat().st_mtime >= history.stat().st_mtime):
+        return 'tested', out
+    if finished:
+        return 'trained', out
+    return ('partial' if (out / LAST_FILE).is_file() else 'new'), out
+
+
 def load_splits(cfg, device, out=None):
     """The data of `cfg` read and split (splits_of), as the run in `out` (if any) read them."""
     return splits_of(cfg, read_data(cfg, out=out), device, out)

@@ -127,7 +127,8 @@ def test_report_averages_seeds_and_keeps_other_settings_apart(runs):
     assert 'python main.py report' in result.stdout
 
     report = main_py('report', '--checkpoint_dir', root)
-    rows = list(csv.DictReader((root / 'report.csv').open()))
+    records = list(csv.DictReader((root / 'report.csv').open()))
+    rows = [r for r in records if r['source'] == 'this project']
     cells = {(r['method'], r['setting'], r['bit'], r['direction']): r for r in rows}
     settings = {(r['method'], r['setting']) for r in rows}
     assert len(settings) == 4  # DADH, DADH --lr 1e-4, DADH with the real runs' options, AGAH
@@ -147,23 +148,32 @@ def test_report_averages_seeds_and_keeps_other_settings_apart(runs):
     assert (row['mean'], row['std'], row['n']) == ('0.500000', '', '1')
     row = cells['dadh', tiny_runs, '16', 'i2t']
     assert row['n'] == '2' and float(row['mean']) == pytest.approx(np.mean([r['i2t']['map'] for r in real]), abs=1e-6)
-    assert row['model_chosen_on'] == 'test queries'
+    assert row['model_chosen_on'] == 'test queries' and row['split'] == 'published'
+    # every published row of the data set, labelled by its source
+    published = {(r['method'], r['source']) for r in records if r['source'] != 'this project'}
+    assert {('dadh', 'DADH paper'), ('agah', 'AGAH paper'), ('prdh', 'as printed by DADH/AGAH'),
+            ('chn', 'as printed by DADH/AGAH'), ('dcmh', 'as printed by DADH/AGAH'),
+            ('ssah', 'as printed by DADH/AGAH')} <= published
 
     markdown = (root / 'report.md').read_text()
-    assert '| MIRFlickr-25K | DADH | ' in markdown and '0.7200 ± 0.0200 (3)' in markdown
-    assert '| MIRFlickr-25K | DADH (published) |  | test queries | 0.8020 | 0.8072 | 0.7920 | 0.7959 |' in markdown
+    assert '| DADH | this project | ' in markdown and '0.7200 ± 0.0200 (3)' in markdown
+    # the best of each column in bold: the paper's, except at 32 bits I→T (0.82 > 0.8072)
+    assert ('| DADH | DADH paper |  | the paper\'s | test queries | **0.8020** | 0.8072 | '
+            '**0.8179** | **0.7920** | **0.7959** | **0.8064** |') in markdown
+    assert '**0.8200 ± 0.0283 (2)**' in markdown
     assert '0.7200 ± 0.0200 (3)' in report.stdout
-    for name in ('map_vs_bits.png', 'pr_flickr25k_16.png', 'pr_flickr25k_32.png'):
-        with Image.open(root / name) as image:
+    for name in ('map_vs_bits_flickr25k', 'pr_flickr25k_16', 'pr_flickr25k_32', 'p_at_k_flickr25k_16'):
+        with Image.open(root / f'{name}.png') as image:
             image.load()
             assert image.format == 'PNG' and image.size[0] > 500
+        assert (root / f'{name}.pdf').read_bytes().startswith(b'%PDF')
 
 
 def test_report_names_the_selection_rule(runs):
     tmp, _ = runs
     report = main_py('report', '--checkpoint_dir', tmp / 'ck')
     assert 'test queries' in report.stdout and 'held-out rows (50)' in report.stdout
-    lines = [line for line in report.stdout.splitlines() if line.startswith('| MIRFlickr-25K | DADH |')]
+    lines = [line for line in report.stdout.splitlines() if line.startswith('| DADH | this project |')]
     assert len(lines) == 2  # never averaged: another --select_on is another row
 
 

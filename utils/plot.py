@@ -46,7 +46,7 @@ def plot_run(run_dir, model, dataset, bit):
     more = loss_ax.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc='lower right')
     ax.set_title(f'MAP per validated epoch: {title}')
-    written.append(save_figure(fig, run_dir / 'map.png'))
+    written += save_figure(fig, run_dir / 'map.png')
 
     if all((run_dir / f'pr_{d}.npy').is_file() for d, _ in DIRECTIONS):
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -56,7 +56,7 @@ def plot_run(run_dir, model, dataset, bit):
         ax.set(xlabel='recall', ylabel='precision',
                title=f'Precision-recall (Hamming radius 0..{bit}): {title}')
         ax.legend()
-        written.append(save_figure(fig, run_dir / 'pr.png'))
+        written += save_figure(fig, run_dir / 'pr.png')
 
     if all((run_dir / f'p_at_k_{d}.npy').is_file() for d, _ in DIRECTIONS):
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -65,13 +65,19 @@ def plot_run(run_dir, model, dataset, bit):
             ax.plot(top, precision, marker='.', label=label)
         ax.set(xlabel='K (top retrieved)', ylabel='precision@K', title=f'Precision@K: {title}')
         ax.legend()
-        written.append(save_figure(fig, run_dir / 'p_at_k.png'))
+        written += save_figure(fig, run_dir / 'p_at_k.png')
     return written
 
 
-def save_figure(fig, path):
+def save_figure(fig, path, formats=('png',)):
+    """Write `fig` as `path` with each format's suffix (PNG at 120 dpi, PDF as vectors); returns
+    the paths written."""
     plt = pyplot()
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120, bbox_inches='tight'))
+    written = []
+    for format in formats:
+        target = Path(path).with_suffix(f'.{format}')
+        atomic_write(target, lambda f: fig.savefig(f, format=format, dpi=120, bbox_inches='tight'))
+        written.append(target)
     plt.close(fig)
-    return path
+    return written

@@ -1,40 +1,52 @@
-"""`python main.py report`: the table of a paper over every tested run under a folder, beside the
-published numbers (SPEC §11), as Markdown and CSV, with map_vs_bits.png and one precision-recall
-figure per data set and bit length.
+"""`python main.py report`: a paper's comparison table over every tested run under a folder, beside
+every published row of the methods' papers (models' PUBLISHED), and its figures.
 
-A run is a folder with the metrics.json that `test` writes (its MAPs and the options the run was
-trained with). Runs are averaged when they differ only in the seed and in options that do not
-change what is computed (config.BOOKKEEPING); any other difference gives another row, named by the
-options that differ.
+A run is a folder with the metrics.json that `test` writes (its MAPs, the options the run was
+trained with, the split and data file it was evaluated on). Runs are averaged over seeds when they
+differ in nothing else but bookkeeping (config.BOOKKEEPING); another split (another split file, or
+another scheme: a method's published split, the fixed rows), another selection rule, another
+evaluation (data file, query or database size) or any other option gives another row, and the
+split and rule are columns of the table.
+
+Written into the folder: report.md (Markdown), report.csv (one record per cell, published rows
+included), report.tex (booktabs), and per data set map_vs_bits_<data set> (MAP against bits), and
+per data set and bit pr_<data set>_<bit> (precision-recall) and p_at_k_<data set>_<bit>
+(precision@K): PNG, PDF, and a JSON of the lines drawn (x, y, std per line), one line per method
+and setting, seeds averaged with a band of ± one sample standard deviation.
 """
 import csv
 import io
 import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
 import config
+from models import METHODS
 from utils.checkpoint import atomic_write
 from utils.errors import UserError
 from utils.plot import pyplot, save_figure
 
 DIRECTIONS = (('i2t', 'I→T'), ('t2i', 'T→I'))
 DATASET_NAMES = {'flickr25k': 'MIRFlickr-25K', 'nus-wide': 'NUS-WIDE'}
-# SPEC §11: (data set, method) -> direction -> bit -> MAP. Both papers chose on the test queries.
-PUBLISHED = {
-    ('flickr25k', 'dadh'): {'i2t': {16: 0.8020, 32: 0.8072, 64: 0.8179},
-                            't2i': {16: 0.7920, 32: 0.7959, 64: 0.8064}},
-    ('flickr25k', 'agah'): {'i2t': {16: 0.7923, 32: 0.7945, 64: 0.8069},
-                            't2i': {16: 0.7887, 32: 0.7904, 64: 0.8049}},
-    ('nus-wide', 'dadh'): {'i2t': {16: 0.6492, 32: 0.6662, 64: 0.6664},
-                           't2i': {16: 0.6501, 32: 0.6679, 64: 0.6808}},
-    ('nus-wide', 'agah'): {'i2t': {16: 0.6455, 32: 0.6600, 64: 0.6512},
-                           't2i': {16: 0.6313, 32: 0.6422, 64: 0.6336}},
-}
-# Options shown in the "model chosen on" column rather than in the setting's name.
-SELECTION_OPTIONS = {'select_on', 'valid_size', 'valid'}
+PUBLISHED_BITS = (16, 32, 64)
+# The order papers print methods in: the baselines, then AGAH, then DADH; others after, by name.
+ORDER = ('DCMH', 'PRDH', 'CHN', 'SSAH', 'SSWAH', 'AGAH', 'DADH')
+# Options shown in their own columns (split, rule) rather than in the setting's name.
+COLUMN_OPTIONS = {'select_on', 'valid_size', 'valid', 'split', 'split_sha256'}
+
+
+def published_rows():
+    """{(data set, METHOD, source): {direction: {bit: MAP}}} from every method's PUBLISHED."""
+    rows = {}
+    for method in METHODS.values():
+        for dataset, name, source, *maps in method.PUBLISHED:
+            rows[dataset, name, source] = {
+                d: {bit: m for bit, m in zip(PUBLISHED_BITS, values) if m is not None}
+                for (d, _), values in zip(DIRECTIONS, maps)}
+    return rows
 
 
 def find_runs(root):
@@ -52,32 +64,48 @@ def find_runs(root):
     return runs
 
 
-def setting(run):
-    """The options that tell this run's numbers apart from another's of the same data set, method
-    and bit length: all but the seed and the bookkeeping."""
-    options = {k: v for k, v in run['options'].items()
-               if k not in config.BOOKKEEPING | {'seed', 'bit', 'dataset', 'flag', 'model'}}
-    if options.get('select_on', 'query') == 'query':
-        options.pop('valid_size', None)  # read only by --select_on valid
-    return options
+def split_of(run):
+    """What rows a run was split into, as the table's split column says it: 'published' (the
+    method's own split; a random one drawn per seed), 'rows' (the fixed row ranges) or the split
+    file's name and sha256 (files of the same content share a row)."""
+    split = run['options'].get('split', 'published')
+    if split in ('published', 'rows'):
+        return split
+    return f"{Path(split).name} ({(run['options'].get('split_sha256') or '?')[:8]})"
 
 
 def selection(run):
     if run.get('select_on') == 'valid':
         return f"held-out rows ({run['options'].get('valid_size')})"
-    return {'final': 'last epoch'}.get(run.get('select_on'), 'test queries')
+    return 'last epoch' if run.get('select_on') in ('last', 'final') else 'test queries'
+
+
+def setting(run):
+    """The options that tell this run's numbers apart from another's of the same data set, method
+    and bit length: all but the seed and the bookkeeping; the split as split_of says it; what it
+    was evaluated on (the data file's name, the query and database sizes)."""
+    options = {k: v for k, v in run['options'].items()
+               if k not in config.BOOKKEEPING | {'seed', 'bit', 'dataset', 'flag', 'model', 'split_sha256'}}
+    if options.get('select_on', 'query') != 'valid':
+        options.pop('valid_size', None)  # read only by --select_on valid
+    options['split'] = split_of(run)
+    options['rule'] = selection(run)
+    options['evaluated on'] = (f"{Path(run.get('data_path') or run['options'].get('data_path', '')).name}, "
+                               f"{run.get('query_size')} queries, {run.get('database_size')} database")
+    return options
 
 
 def group(runs):
     """{(dataset, model, setting as JSON): {bit: [runs]}}, and each setting's name: the options in
-    which it differs from the other settings of its data set and method."""
+    which it differs from the other settings of its data set and method (split and rule have
+    columns of their own)."""
     groups = defaultdict(lambda: defaultdict(list))
     for run in runs:
         groups[run['dataset'], run['model'], json.dumps(setting(run), sort_keys=True)][run['bit']].append(run)
     names = {}
     for dataset, model in {key[:2] for key in groups}:
         settings = {key[2]: json.loads(key[2]) for key in groups if key[:2] == (dataset, model)}
-        differ = sorted({k for s in settings.values() for k in s if k not in SELECTION_OPTIONS
+        differ = sorted({k for s in settings.values() for k in s if k not in COLUMN_OPTIONS | {'rule'}
                          and len({json.dumps(t.get(k)) for t in settings.values()}) > 1})
         for key, options in settings.items():
             names[dataset, model, key] = ', '.join(f'{k}={options.get(k)}' for k in differ)
@@ -91,120 +119,261 @@ def summary(runs, direction):
             len(values))
 
 
-def cell(runs, direction):
-    if not runs:
+def method_order(name):
+    return (ORDER.index(name) if name in ORDER else len(ORDER), name)
+
+
+def label(model, key, names, dataset):
+    """A line's name in figures and a row's in tables: the method, and what sets its setting
+    apart from the method's others (options, split, rule) when it has others."""
+    options = json.loads(key)
+    others = [json.loads(k) for d, m, k in names if (d, m) == (dataset, model) and k != key]
+    parts = [names[dataset, model, key]] if names[dataset, model, key] else []
+    for column in ('split', 'rule'):
+        if any(o[column] != options[column] for o in others):
+            parts.append(f'{column} {options[column]}')
+    return model.upper() + (f" ({'; '.join(parts)})" if parts else '')
+
+
+def table_rows(groups, names):
+    """Per data set: the header's bits and the rows, each {method, source, split, rule, cells:
+    {(direction, bit): (mean, std, n)}}: every published row of the data set, each method's runs
+    under its published rows."""
+    published = published_rows()
+    datasets = sorted({key[0] for key in groups})
+    out = {}
+    for dataset in datasets:
+        bits = sorted({bit for key, by_bit in groups.items() if key[0] == dataset for bit in by_bit}
+                      | set(PUBLISHED_BITS))
+        methods = ({name for d, name, _ in published if d == dataset}
+                   | {model.upper() for d, model, _ in groups if d == dataset})
+        rows = []
+        for method in sorted(methods, key=method_order):
+            for (d, name, source), maps in published.items():
+                if (d, name) == (dataset, method):
+                    rows.append(dict(method=method, source=source, split='the paper\'s',
+                                     rule=published_rule(name, source),
+                                     setting='', cells={(direction, bit): (maps[direction][bit], None, None)
+                                                        for direction, _ in DIRECTIONS
+                                                        for bit in maps[direction]}))
+            for (d, model, key), by_bit in groups.items():
+                if (d, model.upper()) != (dataset, method):
+                    continue
+                options = json.loads(key)
+                rows.append(dict(method=method, source='this project', split=options['split'],
+                                 rule=options['rule'], setting=names[d, model, key],
+                                 label=label(model, key, names, d), runs=by_bit,
+                                 cells={(direction, bit): summary(runs, direction)
+                                        for direction, _ in DIRECTIONS for bit, runs in by_bit.items()}))
+        out[dataset] = bits, rows
+    return out
+
+
+def best_cells(rows, bits):
+    """{(direction, bit): the best mean of that column} (bold in every table)."""
+    best = {}
+    for direction, _ in DIRECTIONS:
+        for bit in bits:
+            values = [row['cells'][direction, bit][0] for row in rows if (direction, bit) in row['cells']]
+            if values:
+                best[direction, bit] = max(values)
+    return best
+
+
+def cell_text(row, column, best, bold):
+    if column not in row['cells']:
         return '–'
-    mean, std, n = summary(runs, direction)
-    return f'{mean:.4f} ± {std:.4f} ({n})' if std is not None else f'{mean:.4f} (1)'
+    mean, std, n = row['cells'][column]
+    text = f'{mean:.4f}' if n is None else (f'{mean:.4f} ± {std:.4f} ({n})' if std is not None
+                                            else f'{mean:.4f} (1)')
+    return bold(text) if mean == best.get(column) else text
 
 
-def tables(groups, names):
-    """The Markdown table (published rows after each data set and method) and the CSV text."""
-    bits = sorted({bit for by_bit in groups.values() for bit in by_bit})
-    header = (['data set', 'method', 'setting', 'model chosen on']
-              + [f'{label} {bit}' for _, label in DIRECTIONS for bit in bits])
-    rows, records = [], []
-    for (dataset, model, key), by_bit in groups.items():
-        first = next(iter(by_bit.values()))[0]
-        name = DATASET_NAMES.get(dataset, dataset)
-        rows.append([name, model.upper(), names[dataset, model, key], selection(first)]
-                    + [cell(by_bit.get(bit, []), d) for d, _ in DIRECTIONS for bit in bits])
-        published = PUBLISHED.get((dataset, model), {})
-        for bit, runs in sorted(by_bit.items()):
-            for direction, _ in DIRECTIONS:
-                mean, std, n = summary(runs, direction)
-                records.append([dataset, model, names[dataset, model, key], selection(first), bit,
-                                direction, f'{mean:.6f}', '' if std is None else f'{std:.6f}', n,
-                                published.get(direction, {}).get(bit, ''),
-                                ' '.join(str(r['options'].get('seed', '')) for r in runs)])
-    for dataset, model in sorted({key[:2] for key in groups} & set(PUBLISHED)):
-        published = PUBLISHED[dataset, model]
-        at = lambda d, bit: f'{published[d][bit]:.4f}' if bit in published[d] else '–'
-        rows.append([DATASET_NAMES[dataset], f'{model.upper()} (published)', '', 'test queries']
-                     + [at(d, bit) for d, _ in DIRECTIONS for bit in bits])
-    markdown = '\n'.join(['| ' + ' | '.join(map(str, row)) + ' |'
-                          for row in [header, ['---'] * len(header)] + rows])
+HEADER = ['method', 'source', 'setting', 'split', 'model chosen on']
+
+
+def markdown(tables):
+    blocks = []
+    for dataset, (bits, rows) in tables.items():
+        best = best_cells(rows, bits)
+        header = HEADER + [f'{arrow} {bit}' for _, arrow in DIRECTIONS for bit in bits]
+        lines = [header, ['---'] * len(header)]
+        lines += [[row['method'], row['source'], row['setting'], row['split'], row['rule']]
+                  + [cell_text(row, (d, bit), best, lambda t: f'**{t}**')
+                     for d, _ in DIRECTIONS for bit in bits] for row in rows]
+        blocks.append(f'### {DATASET_NAMES.get(dataset, dataset)}\n\n'
+                      + '\n'.join('| ' + ' | '.join(line) + ' |' for line in lines))
+    return '\n\n'.join(blocks)
+
+
+def latex_escape(text):
+    for a, b in (('\\', r'\textbackslash{}'), ('&', r'\&'), ('%', r'\%'), ('#', r'\#'),
+                 ('_', r'\_'), ('±', r'$\pm$'), ('–', '--'), ('→', r'$\to$')):
+        text = text.replace(a, b)
+    return text
+
+
+def latex(tables):
+    """One booktabs table per data set."""
+    blocks = []
+    for dataset, (bits, rows) in tables.items():
+        best = best_cells(rows, bits)
+        n = len(bits)
+        lines = [r'\begin{table}[t]', r'\centering', r'\small',
+                 rf'\caption{{MAP on {latex_escape(DATASET_NAMES.get(dataset, dataset))}: mean $\pm$ '
+                 r'sample standard deviation over seeds (number of runs).}',
+                 r'\begin{tabular}{lllll' + 'r' * (2 * n) + '}', r'\toprule',
+                 ' & '.join([''] * len(HEADER)) + ' & '
+                 + ' & '.join(rf'\multicolumn{{{n}}}{{c}}{{{latex_escape(arrow)}}}' for _, arrow in DIRECTIONS)
+                 + r' \\',
+                 ''.join(rf'\cmidrule(lr){{{len(HEADER) + 1 + i * n}-{len(HEADER) + (i + 1) * n}}}'
+                         for i in range(2)),
+                 ' & '.join(HEADER + [str(bit) for _ in DIRECTIONS for bit in bits]) + r' \\',
+                 r'\midrule']
+        for row in rows:
+            cells = [latex_escape(row[k]) for k in ('method', 'source', 'setting', 'split', 'rule')]
+            cells += [latex_escape(cell_text(row, (d, bit), best, lambda t: f'\x00{t}\x01'))
+                      .replace('\x00', r'\textbf{').replace('\x01', '}')
+                      for d, _ in DIRECTIONS for bit in bits]
+            lines.append(' & '.join(cells) + r' \\')
+        lines += [r'\bottomrule', r'\end{tabular}', r'\end{table}']
+        blocks.append('\n'.join(lines))
+    return '% needs \\usepackage{booktabs}\n' + '\n\n'.join(blocks) + '\n'
+
+
+def records(tables):
     text = io.StringIO()
     writer = csv.writer(text, lineterminator='\n')
-    writer.writerow(['dataset', 'method', 'setting', 'model_chosen_on', 'bit', 'direction', 'mean',
-                     'std', 'n', 'published', 'seeds'])
-    writer.writerows(records)
-    return markdown, text.getvalue()
+    writer.writerow(['dataset', 'method', 'source', 'setting', 'split', 'model_chosen_on', 'bit',
+                     'direction', 'mean', 'std', 'n', 'published', 'seeds'])
+    for dataset, (bits, rows) in tables.items():
+        own = {}  # a method's first published row: its own paper's
+        for row in rows:
+            if row['source'] != 'this project':
+                own.setdefault(row['method'], row['cells'])
+        for row in rows:
+            for (direction, bit), (mean, std, n) in sorted(row['cells'].items()):
+                paper = own.get(row['method'], {}).get((direction, bit))
+                seeds = (' '.join(str(r['options'].get('seed', '')) for r in row['runs'][bit])
+                         if 'runs' in row else '')
+                writer.writerow([dataset, row['method'].lower(), row['source'], row['setting'],
+                                 row['split'], row['rule'], bit, direction, f'{mean:.6f}',
+                                 '' if std is None else f'{std:.6f}', n or '',
+                                 '' if paper is None else paper[0], seeds])
+    return text.getvalue()
 
 
-def label(dataset, model, key, names):
-    name = names[dataset, model, key]
-    return model.upper() + (f' ({name})' if name else '')
+def mean_curves(runs, name, direction):
+    """(x, mean y, std y or None) over the runs' saved arrays `name`_`direction`.npy: PR as
+    (precision, recall) rows, drawn recall -> precision; P@K as (K, precision)."""
+    files = [run['dir'] / f'{name}_{direction}.npy' for run in runs]
+    if not files or not all(f.is_file() for f in files):
+        return None
+    arrays = np.stack([np.load(f) for f in files])
+    x, y = (arrays[:, 1], arrays[:, 0]) if name == 'pr' else (arrays[:, 0], arrays[:, 1])
+    return x.mean(0), y.mean(0), y.std(0, ddof=1) if len(files) > 1 else None
 
 
-def map_vs_bits(groups, names, path):
-    """MAP against code length, one panel per data set and direction: mean and standard deviation
-    over seeds, the published numbers dashed."""
+def colour(method):
+    """One colour per method, in every figure: its runs and its published rows alike."""
+    names = sorted({name for m in METHODS.values() for _, name, *_ in m.PUBLISHED}
+                   | {m.upper() for m in METHODS}, key=method_order)
+    return f'C{names.index(method) % 10}' if method in names else 'k'
+
+
+def draw(panels, path, xlabel, ylabel, bits=None):
+    """A figure of two panels (I→T, T→I) at a paper's text width, each [(label, method, x, y, std
+    or None, line style)], one colour per method, a band of ± std, the legend below the panels,
+    out of the curves' way; `bits` puts the x axis on a log scale with those ticks. Written as
+    PNG, PDF and JSON (the lines drawn). Returns the paths written."""
     plt = pyplot()
-    datasets = sorted({key[0] for key in groups})
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.6 * len(datasets)), squeeze=False)
-    for row, dataset in zip(axes, datasets):
-        for ax, (direction, arrow) in zip(row, DIRECTIONS):
-            for (d, model, key), by_bit in groups.items():
-                if d != dataset:
-                    continue
-                bits = sorted(by_bit)
-                stats = [summary(by_bit[bit], direction) for bit in bits]
-                ax.errorbar(bits, [s[0] for s in stats], yerr=[s[1] or 0 for s in stats],
-                            marker='o', capsize=3, label=label(d, model, key, names))
-            for (d, model), published in PUBLISHED.items():
-                if d == dataset and any(key[:2] == (d, model) for key in groups):
-                    bits = sorted(published[direction])
-                    ax.plot(bits, [published[direction][b] for b in bits], '--x',
-                            label=f'{model.upper()} (published)')
-            ax.set(xlabel='bits', ylabel='MAP', xscale='log', xticks=sorted(
-                {b for k, by_bit in groups.items() if k[0] == dataset for b in by_bit}),
-                title=f'{DATASET_NAMES.get(dataset, dataset)}, {arrow}')
-            ax.xaxis.set_major_formatter('{x:.0f}')
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    record = []
+    for ax, (title, lines) in zip(axes, panels):
+        for name, method, x, y, std, style in lines:
+            ax.plot(x, y, style, color=colour(method), label=name, markersize=3, linewidth=1.2)
+            if std is not None:
+                ax.fill_between(x, y - std, y + std, color=colour(method), alpha=0.2, linewidth=0)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if bits:
+            ax.set_xscale('log', base=2)
+            ax.set_xticks(bits, [str(b) for b in bits])
             ax.minorticks_off()
-    legend_below(fig, axes.flat)
-    return save_figure(fig, path)
-
-
-def pr_figure(groups, names, dataset, bit, path):
-    """Precision-recall over Hamming radius 0..bit of every method at one data set and bit length,
-    the mean over seeds at each radius."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (direction, arrow) in zip(axes, DIRECTIONS):
-        for (d, model, key), by_bit in groups.items():
-            files = [run['dir'] / f'pr_{direction}.npy' for run in by_bit.get(bit, []) if d == dataset]
-            if files and all(f.is_file() for f in files):
-                precision, recall = np.mean([np.load(f) for f in files], axis=0)
-                ax.plot(recall, precision, marker='.', label=f'{label(d, model, key, names)}, '
-                                                             f'{len(files)} run(s)')
-        ax.set(xlabel='recall', ylabel='precision',
-               title=f'{DATASET_NAMES.get(dataset, dataset)}, {bit} bits, {arrow}')
-    legend_below(fig, axes)
-    return save_figure(fig, path)
-
-
-def legend_below(fig, axes):
-    """One legend for the figure, under its panels, so long setting names never cover a curve."""
+        record.append({'title': title, 'lines': [
+            {'label': name, 'method': method, 'x': np.asarray(x).tolist(),
+             'y': np.asarray(y).tolist(), 'std': None if std is None else np.asarray(std).tolist()}
+            for name, method, x, y, std, _ in lines]})
     entries = {}
     for ax in axes:
         for handle, name in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(name, handle)
     fig.legend(list(entries.values()), list(entries), loc='upper center', bbox_to_anchor=(0.5, 0),
-               fontsize='small', ncol=1 if max(map(len, entries), default=0) > 40 else 2)
+               fontsize='small', ncol=min(3, max(1, len(entries))), frameon=False)
+    written = save_figure(fig, path, formats=('png', 'pdf'))
+    atomic_write(path.with_suffix('.json'), lambda f: f.write(json.dumps(record).encode()))
+    return written + [path.with_suffix('.json')]
+
+
+def published_rule(method, source):
+    """How a published row's model was chosen, where the spec says: DADH's and AGAH's code on
+    the test queries (SPEC §11), DCMH's and SSAH's its last epoch (SPEC-DCMH §6, SPEC-SSAH §6)."""
+    if not source.endswith('paper'):
+        return 'as published'
+    return 'test queries' if method in ('DADH', 'AGAH') else 'last epoch'
+
+
+def figures(root, groups, names):
+    written = []
+    published = published_rows()
+    for dataset in sorted({key[0] for key in groups}):
+        mine = {key: by_bit for key, by_bit in groups.items() if key[0] == dataset}
+        panels = []
+        for direction, arrow in DIRECTIONS:
+            lines = []
+            for (d, model, key), by_bit in mine.items():
+                bits = sorted(by_bit)
+                stats = [summary(by_bit[bit], direction) for bit in bits]
+                std = np.array([s[1] or 0 for s in stats]) if any(s[1] for s in stats) else None
+                lines.append((label(model, key, names, d), model.upper(), bits,
+                              np.array([s[0] for s in stats]), std, 'o-'))
+            sources = defaultdict(int)  # a method's published rows: dashed, then dotted
+            for (d, name, source), maps in published.items():
+                if d == dataset and maps[direction]:
+                    bits = sorted(maps[direction])
+                    style = ('x--', 'x:', 'x-.')[sources[name] % 3]
+                    sources[name] += 1
+                    lines.append((f'{name} ({source})', name, bits,
+                                  np.array([maps[direction][b] for b in bits]), None, style))
+            panels.append((f'{DATASET_NAMES.get(dataset, dataset)}, {arrow}', lines))
+        every_bit = sorted({b for _, _, x, *_ in panels[0][1] + panels[1][1] for b in x})
+        written += draw(panels, root / f'map_vs_bits_{dataset}', 'bits', 'MAP', every_bit)
+        for bit in sorted({bit for by_bit in mine.values() for bit in by_bit}):
+            for name, xlabel, ylabel in (('pr', 'recall', 'precision'), ('p_at_k', 'K', 'precision@K')):
+                panels = []
+                for direction, arrow in DIRECTIONS:
+                    lines = []
+                    for (d, model, key), by_bit in mine.items():
+                        curve = mean_curves(by_bit.get(bit, []), name, direction)
+                        if curve:
+                            lines.append((label(model, key, names, d), model.upper(), *curve, '.-'))
+                    panels.append((f'{DATASET_NAMES.get(dataset, dataset)}, {bit} bits, {arrow}', lines))
+                written += draw(panels, root / f'{name}_{dataset}_{bit}', xlabel, ylabel)
+    return written
 
 
 def write_report(root):
-    """Write report.md, report.csv, map_vs_bits.png and pr_<dataset>_<bit>.png into `root`;
-    return the Markdown table and the paths written."""
+    """Write report.md, report.csv, report.tex and the figures into `root`; return the Markdown
+    and the paths written."""
     groups, names = group(find_runs(root))
-    markdown, text = tables(groups, names)
-    note = ('MAP over the whole database: mean ± sample standard deviation over seeds (number of '
-            'runs); "model chosen on" is the rule that picked each run\'s epoch (--select_on).')
-    written = [root / 'report.md', root / 'report.csv']
-    atomic_write(written[0], lambda f: f.write(f'{note}\n\n{markdown}\n'.encode()))
-    atomic_write(written[1], lambda f: f.write(text.encode()))
-    written.append(map_vs_bits(groups, names, root / 'map_vs_bits.png'))
-    for dataset, bit in sorted({(key[0], bit) for key, by_bit in groups.items() for bit in by_bit}):
-        written.append(pr_figure(groups, names, dataset, bit, root / f'pr_{dataset}_{bit}.png'))
-    return f'{note}\n\n{markdown}', written
+    tables = table_rows(groups, names)
+    note = ('MAP over the whole database: this project\'s runs as mean ± sample standard deviation '
+            'over seeds (number of runs), under the published rows of each method (source); the best '
+            'of each column in bold. "split": the rows each part holds; "model chosen on": the rule '
+            'that picked the kept epoch (--select_on).')
+    text = f'{note}\n\n{markdown(tables)}'
+    written = [root / 'report.md', root / 'report.csv', root / 'report.tex']
+    atomic_write(written[0], lambda f: f.write(f'{text}\n'.encode()))
+    atomic_write(written[1], lambda f: f.write(records(tables).encode()))
+    atomic_write(written[2], lambda f: f.write(latex(tables).encode()))
+    written += figures(root, groups, names)
+    return text, written
