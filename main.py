@@ -251,7 +251,9 @@ def prepare(**options):
     """Raw images, tags and labels (MIRFlickr-25K, NUS-WIDE, a manifest) -> training file + sidecar."""
     from datasets.prepare import prepare as run_prepare
     values = config.parse_prepare(options)
-    values['device'] = str(runs.resolve_device(values['device']))
+    device = runs.resolve_device(values['device'])
+    runs.configure_device(False, None, device)  # CNN-F in float32 (not cuDNN's TF32), as queries
+    values['device'] = str(device)
     run_prepare(**values)
 
 
