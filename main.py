@@ -6,6 +6,7 @@ stop, visdom and history.json. The other commands are a few lines each over the 
 work (runs.py assembles a run). Problems the user can fix end as one line and a non-zero exit
 (utils.errors.UserError). Nothing imports this file.
 """
+import contextlib
 import json as json_lib  # `search` has a --json option
 import shlex
 import sys
@@ -278,7 +279,9 @@ def prepare(**options):
     """Raw images, tags and labels (MIRFlickr-25K, NUS-WIDE, a manifest) -> training file + sidecar."""
     from datasets.prepare import prepare as run_prepare
     values = config.parse_prepare(options)
-    values['device'] = str(runs.resolve_device(values['device']))
+    device = runs.resolve_device(values['device'])
+    runs.configure_device(False, None, device)  # CNN-F in float32 (not cuDNN's TF32), as queries
+    values['device'] = str(device)
     run_prepare(**values)
 
 
@@ -300,23 +303,28 @@ def search(database, text=None, image=None, rows=None, modality='image', topk=20
     from retrieval import api
     if not isinstance(topk, int) or topk <= 0:
         raise UserError(f'--topk must be a positive integer, got {topk!r}')
-    api.open_codes(database)  # a bad codes file is refused before the model loads
-    run = api.load_run(**options)
-    queries, modality = api.encode_query(run, text, image, rows, modality)
-    results, notes = api.search(run, database, queries, modality, topk, index, same_modality, nprobe)
+    # With --json, stdout holds the JSON alone: every other line of every module goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr if json else sys.stdout):
+        codes = api.open_codes(database)  # a bad codes file is refused before the model loads
+        run = api.load_run(**options)
+        queries, modality = api.encode_query(run, text, image, rows, modality)
+        results, notes = api.search(run, database, queries, modality, topk, index, same_modality,
+                                    nprobe)
     for note in notes:
         print(note, file=sys.stderr)
-    records = [[{'rank': rank, 'id': source if source is not None else row, 'row': row,
-                 'distance': distance, 'labels': run.label_names(row)}
-                for rank, _, row, source, distance in hits] for hits in results]
+    records = [[{'rank': hit.rank, 'id': hit.row if hit.source_id is None else hit.source_id,
+                 'row': hit.row, 'data_file': hit.data_file, 'distance': hit.distance,
+                 'labels': hit.labels} for hit in hits] for hits in results]
     if json:
         print(json_lib.dumps(records if len(records) > 1 else records[0]))
         return
     for q, hits in enumerate(records):
         if len(records) > 1:
             print(f'query {q + 1}:')
-        for hit in hits:
-            print(f"{hit['rank']:>5}  {hit['id']!s:<20} {hit['distance']:>4}  "
+        for hit in hits:  # a row number alone is ambiguous in a file of several data files' rows
+            name = (f"{Path(hit['data_file']).name}:{hit['id']}"
+                    if len(codes.data_files) > 1 and hit['id'] == hit['row'] else hit['id'])
+            print(f"{hit['rank']:>5}  {name!s:<20} {hit['distance']:>4}  "
                   f"{' '.join(map(str, hit['labels']))}")
 
 

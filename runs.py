@@ -95,16 +95,20 @@ def run_options(out):
 def read_data(cfg, lazy=False, out=None):
     """The data file of `cfg` (the demo's written on first use), read as the method takes it, with
     the statistics of the run in `out` (statistics.json: the image standardisation and text
-    centring it trained with) where it has them, else with the file's own; `lazy` leaves its rows
-    on disk until asked for (load_data)."""
+    centring it trained with) where it has them, else with the file's own (said in one warning for
+    a run folder without them); `lazy` leaves its rows on disk until asked for (load_data)."""
     if cfg.flag == 'demo':
         ensure_demo(cfg.data_path)
     statistics = None
     if out is not None and (out / STATISTICS_FILE).is_file():
         statistics = json.loads((out / STATISTICS_FILE).read_text())
-    return load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
+    data = load_data(cfg.data_path, cfg.keys, cfg.image_dim, cfg.text_dim, cfg.num_label,
                      standardise_images=cfg.method.STANDARDISE_FEATURES,
                      centre_text=cfg.method.CENTRE_TEXT, statistics=statistics, lazy=lazy)
+    if out is not None and statistics is None and data.statistics:
+        warn(f'{out} has no {STATISTICS_FILE} (a run of an older version or of the published '
+             f'code): its data statistics are taken from {cfg.data_path}, as they were then')
+    return data
 
 
 def make_split(cfg, n, out=None):

@@ -1,9 +1,13 @@
 """Search and encode speed: the exact scan (utils.hamming.top_k) against FAISS's IndexBinaryFlat and
-an approximate index on random 64-bit codes, and `encode` rows/s of a MIRFlickr-sized file against
-the encoding of train's validation pass.
+an approximate index on random 64-bit codes, `encode` rows/s of a MIRFlickr-sized file against
+the encoding of train's validation pass, and what one `search` costs through retrieval/api.py.
 
     python benchmarks/search.py [--sizes 1e6 1e7] [--queries 1000] [--topk 100] [--threads 2]
-                                [--max_exact_s 180] [--encode True]
+                                [--max_exact_s 180] [--encode True] [--api True]
+
+--api True measures instead, per size, one query (top 20) of api.search, what `search` runs, over
+a codes file of that many random codes with source ids, labels and rows (written first, in its own
+process): seconds and the peak resident memory it adds to a process that has loaded the model.
 
 Each database size runs in its own process, so its peak resident memory is its own. The exact scan
 runs first: peak_rss_gb in the `search:` line is the peak after it, before FAISS copies the codes
@@ -14,6 +18,7 @@ is tuned (nprobe doubled) until its recall@k reaches 0.95, on the issue's random
 clustered codes like a trained model's. Each search is timed as the fastest of three runs.
 """
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -163,6 +168,56 @@ def encode_speed(threads):
           f'({valid_s:.1f} s to encode the {valid_rows} query and database rows)', flush=True)
 
 
+def api_options(folder):
+    """The options of --api's model: a random-weight DADH of 64 bits in `folder`, on a small demo file."""
+    return {'flag': 'demo', 'data_path': f'{folder}/demo.mat', 'hidden_dim': 64, 'bit': BIT,
+            'device': 'cpu', 'checkpoint_dir': str(folder), 'vis_env': None}
+
+
+def write_api_codes(path, n, options):
+    """A codes file of n random 64-bit text codes, with rows, labels and source ids, made for the
+    random-weight DADH of `options` (saved in its run folder)."""
+    import torch
+    import config
+    import runs
+    from datasets.demo import ensure_demo
+    from retrieval import api
+    from retrieval.codes_file import write_codes
+    from utils.checkpoint import atomic_write
+    cfg = config.parse(options)
+    ensure_demo(cfg.data_path, n=200)
+    runs.run_dir(cfg).mkdir(parents=True, exist_ok=True)
+    runs.make_method(cfg, False, 1, torch.device('cpu')).save_best(runs.run_dir(cfg))
+    statistics = json.dumps(runs.read_data(cfg).statistics).encode()  # as train keeps them
+    atomic_write(runs.run_dir(cfg) / runs.STATISTICS_FILE, lambda f: f.write(statistics))
+    run = api.load_run(**options)
+    rng = np.random.default_rng(0)
+    step = 2 ** 16
+
+    def chunks():
+        for start in range(0, n, step):
+            rows = np.arange(start, min(start + step, n))
+            labels = np.packbits(rng.random((len(rows), cfg.num_label)) < 0.1, axis=1)
+            yield rows, {'text': random_codes(len(rows), start)}, [f'item{r}' for r in rows], labels
+
+    write_codes(path, run.identity, run.source(), chunks(), ('text',))
+
+
+def api_search(path, options, threads):
+    """(seconds, MB of peak resident memory added) of one image query's top 20 through api.search,
+    after the model and the query are loaded."""
+    import torch
+    from retrieval import api
+    torch.set_num_threads(threads)
+    from retrieval import index
+    run = api.load_run(**options)
+    query = run.encode_rows('0:1', 'image')
+    index.search(random_codes(1000, 2), random_codes(1, 3), 20)  # numba's compile, before the baseline
+    before = peak_rss_gb()
+    _, seconds = timed(lambda: api.search(run, path, query, 'image', k=20))
+    return seconds, (peak_rss_gb() - before) * 1024
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sizes', nargs='+', type=float, default=[1e6, 1e7])
@@ -171,8 +226,22 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--max_exact_s', type=float, default=180)
     parser.add_argument('--encode', default='True', choices=['True', 'False'])
+    parser.add_argument('--api', default='False', choices=['True', 'False'])
     parser.add_argument('--one', type=float, help=argparse.SUPPRESS)  # a size, in this process
+    parser.add_argument('--codes', help=argparse.SUPPRESS)  # --api: the codes file to search
     args = parser.parse_args()
+    if args.api == 'True':
+        if args.codes:
+            seconds, added_mb = api_search(args.codes, api_options(Path(args.codes).parent), args.threads)
+            print(f'api search: codes={int(args.one)} seconds={seconds:.3f} '
+                  f'peak_rss_added_mb={added_mb:.0f}', flush=True)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in args.sizes:
+                write_api_codes(f'{tmp}/codes.h5', int(n), api_options(tmp))
+                subprocess.run([sys.executable, __file__, '--api', 'True', '--one', str(n), '--codes',
+                                f'{tmp}/codes.h5', '--threads', str(args.threads)], check=True)
+        return
     if args.one:
         one_size(int(args.one), args.queries, args.topk, args.threads, args.max_exact_s)
         return

@@ -2,8 +2,9 @@
 
 Each source is read into a Collection (image files, bag-of-words text, multi-hot labels, the source
 id of every row, and how many items were dropped for which reason); one writer then turns it into
-the file `train --flag mir` reads: MATLAB v7.3 with `images` (CNN-F fc7 features, or with
-`--images raw` the 224 x 224 images), `YAll` and `LAll`.
+the file `train` reads: MATLAB v7.3 with CNN-F fc7 features (or with `--images raw` the 224 x 224
+images), text and labels under the names of the source's --flag (FLAGS): `images`, `YAll`, `LAll`
+for mir and manifests (`--flag mir`), `image`, `text`, `label` for nus (`--flag nus`).
 
 Beside the data file goes a sidecar, `<data file without suffix>.json`, with the vocabulary, the
 label names, the source id of every row and how the image features were made: text and image
@@ -32,7 +33,7 @@ from utils.progress import bar
 MIR_IMAGES, MIR_EXPECTED = 25000, (20015, 1386, 24)
 MIR_MIN_COUNT = 20
 NUS_CONCEPTS, NUS_EXPECTED = 21, 195834
-KEYS = dict(zip(('images', 'text', 'labels'), config.KEYS['mir']))  # what --flag mir reads
+FLAGS = {'mir': 'mir', 'nus': 'nus', 'manifest': 'mir'}  # the --flag that trains on each source
 RESIZE = ('Pillow, converted to RGB (grey, CMYK, palette and alpha too), whole image resized to '
           '224 x 224 with the bicubic filter (antialiased when shrinking, aspect ratio not kept, no '
           'crop) as MATLAB imresize(im, [224 224]), rounded to uint8')
@@ -68,6 +69,11 @@ def load_sidecar(data_path):
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f'{path}: not a readable prepare sidecar ({e})') from None
+
+
+def keys_of(source):
+    """The variable names of the images, text and labels `train --flag FLAGS[source]` reads."""
+    return dict(zip(('images', 'text', 'labels'), config.KEYS[FLAGS[source]]))
 
 
 def _folder(path, what):
@@ -214,10 +220,12 @@ def read_nus(root):
 # ---- manifests -------------------------------------------------------------------------------
 
 def _manifest_items(path):
-    """(line number, image, text, label list) of every item of a CSV or JSON-lines manifest."""
+    """(line number, image, text, label list) of every item of a CSV or JSON-lines manifest. A
+    UTF-8 byte-order mark (as Excel saves a CSV) is skipped; a JSON null text or label list is an
+    item without text or labels."""
     required = ('image', 'text', 'labels')
     if path.suffix.lower() == '.csv':
-        with open(path, newline='', encoding='utf-8') as f:
+        with open(path, newline='', encoding='utf-8-sig') as f:
             reader = csv.DictReader(f)
             missing = [k for k in required if k not in (reader.fieldnames or [])]
             if missing:
@@ -228,7 +236,7 @@ def _manifest_items(path):
                     for row in reader]
     if path.suffix.lower() in ('.jsonl', '.json'):
         items = []
-        for line_no, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        for line_no, line in enumerate(path.read_text(encoding='utf-8-sig').splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -238,10 +246,14 @@ def _manifest_items(path):
             missing = [k for k in required if not isinstance(item, dict) or k not in item]
             if missing:
                 raise UserError(f'{path}:{line_no}: no key {", ".join(missing)}')
-            if not isinstance(item['labels'], list):
+            if not isinstance(item['image'], str):
+                raise UserError(f'{path}:{line_no}: image must be a file name, got {item["image"]!r}')
+            labels = item['labels'] if item['labels'] is not None else []
+            if not isinstance(labels, list):
                 raise UserError(f'{path}:{line_no}: labels must be a list of names')
-            items.append((line_no, str(item['image']), str(item['text']),
-                          [str(s).strip() for s in item['labels'] if str(s).strip()]))
+            text = item['text'] if item['text'] is not None else ''
+            items.append((line_no, item['image'], str(text),
+                          [str(s).strip() for s in labels if s is not None and str(s).strip()]))
         return items
     raise UserError(f'{path}: a manifest is a .csv or .jsonl file')
 
@@ -283,18 +295,23 @@ def _reasons(dropped):
     return ', '.join(f'{n} ({reason})' for reason, n in dropped.items()) or 'none'
 
 
-def check_out(out, overwrite):
-    """Refuse an existing --out (without --overwrite) or a folder that cannot be written, before
-    any work is done."""
+def check_out(out, overwrite, manifest=None):
+    """Refuse an existing --out or sidecar (without --overwrite; a sidecar that is the manifest
+    itself always) or a folder that cannot be written, before any work is done; the folder is
+    created if need be, as train creates its --checkpoint_dir."""
     out = Path(out)
     if out.suffix != '.mat':
         raise UserError(f'--out {out}: the training file must end in .mat')
-    if out.exists() and not overwrite:
-        raise UserError(f'{out}: exists (pass --overwrite True to replace it)')
+    sidecar = sidecar_path(out)
+    if manifest is not None and sidecar.resolve() == Path(manifest).resolve():
+        raise UserError(f'--out {out}: its sidecar {sidecar} would replace the manifest (name the '
+                        'training file otherwise)')
+    for path in (out, sidecar):
+        if path.exists() and not overwrite:
+            raise UserError(f'{path}: exists (pass --overwrite True to replace it)')
     folder = out.parent
-    if not folder.is_dir():
-        raise UserError(f'{folder}: no such folder for --out')
     try:  # a real write: permissions alone miss read-only file systems (and root ignores them)
+        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
@@ -337,6 +354,7 @@ def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64,
     import h5py
     import torch
     images = 'raw' if cnn is None else 'features'
+    keys = keys_of(collection.source)
     n = len(collection.ids)
     skipped, kept = [], []
     start = time.perf_counter()
@@ -347,13 +365,13 @@ def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64,
         with h5py.File(tmp, 'w', userblock_size=512) as f:
             if images == 'features':
                 dim = cnn.out_dim
-                dataset = f.create_dataset('images', (dim, n), dtype='float32', maxshape=(dim, n),
-                                           chunks=(dim, min(n, batch_size)))
+                dataset = f.create_dataset(keys['images'], (dim, n), dtype='float32',
+                                           maxshape=(dim, n), chunks=(dim, min(n, batch_size)))
                 matlab_class = 'single'
             else:
                 shape = (3, IMAGE_SIZE, IMAGE_SIZE)
-                dataset = f.create_dataset('images', (n, *shape), dtype='uint8', maxshape=(n, *shape),
-                                           chunks=(1, *shape))
+                dataset = f.create_dataset(keys['images'], (n, *shape), dtype='uint8',
+                                           maxshape=(n, *shape), chunks=(1, *shape))
                 matlab_class = 'uint8'
             dataset.attrs['MATLAB_class'] = np.bytes_(matlab_class)
             done = 0
@@ -373,8 +391,8 @@ def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64,
                 raise UserError(f'{collection.source}: every image was unreadable; nothing to write')
             if done < n:  # skipped images: shrink to the rows written
                 dataset.resize(done, axis=1 if images == 'features' else 0)
-            for key, value in ((KEYS['text'], collection.text[kept]),
-                               (KEYS['labels'], collection.labels[kept])):
+            for key, value in ((keys['text'], collection.text[kept]),
+                               (keys['labels'], collection.labels[kept])):
                 f.create_dataset(key, data=value.T).attrs['MATLAB_class'] = np.bytes_('uint8')
         with open(tmp, 'r+b') as f:
             stamp = time.strftime('%a %b %d %H:%M:%S %Y').encode()
@@ -391,7 +409,7 @@ def write(collection, out, cnn=None, features=None, device='cpu', batch_size=64,
             'labels': collection.label_names,
             'ids': [collection.ids[i] for i in kept],
             'features': features,
-            'keys': KEYS,
+            'keys': keys,
             'skipped': skipped,
             'counts': {'items': collection.total, 'kept': len(kept), 'dropped': dropped,
                        'text_dim': len(collection.vocabulary), 'num_label': len(collection.label_names)},
@@ -435,7 +453,7 @@ def prepare(source, out, root=None, manifest=None, images='features',
         labels = [s.strip() for s in labels.split(',') if s.strip()]
     elif labels is not None:
         labels = [str(s) for s in labels]
-    out = check_out(out, overwrite)
+    out = check_out(out, overwrite, manifest if source == 'manifest' else None)
     cnn = None
     if images == 'features':
         cnn = CNNF.from_matconvnet(pretrain_model_path, subtract_mean=True).eval().to(device)
@@ -467,5 +485,5 @@ def prepare(source, out, root=None, manifest=None, images='features',
     what = f'{cnn.out_dim}-d CNN-F fc7 features' if cnn else 'raw 224 x 224 images'
     print(f'wrote {out} ({counts["kept"]} rows: {what}, text {counts["text_dim"]}, labels '
           f'{counts["num_label"]}) in {seconds:.0f} s, {counts["kept"] / max(seconds, 1e-9):.1f} '
-          f'images/s; sidecar {sidecar_path(out)}')
+          f'images/s; sidecar {sidecar_path(out)}; train on it with --flag {FLAGS[source]}')
     return sidecar

@@ -11,7 +11,7 @@ import numpy as np
 
 from retrieval.codes_file import CodesFile
 from utils import hamming
-from utils.checkpoint import sha256
+from utils.checkpoint import atomic_write, sha256
 from utils.errors import UserError
 
 INDEXES = ('exact', 'flat', 'ivf', 'hnsw')
@@ -23,8 +23,9 @@ def make_index(codes, kind, nlist=None, hnsw_m=32):
     if kind == 'flat':
         index = faiss.IndexBinaryFlat(bit)
     elif kind == 'ivf':
-        nlist = nlist or max(1, int(4 * np.sqrt(len(codes))))
-        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bit), bit, nlist)
+        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bit), bit, list_count(len(codes), nlist))
+        nlist = index.nlist
+        index.cp.min_points_per_centroid = 1  # a small file: fewer than FAISS's 39 codes a list
         # k-means on 64 codes a list (FAISS wants 39) spread over the file: at 10^7 codes, training
         # on all of them would take most of an hour on two cores for no better lists.
         index.train(codes[::max(1, len(codes) // (64 * nlist))])
@@ -32,6 +33,17 @@ def make_index(codes, kind, nlist=None, hnsw_m=32):
         index = faiss.IndexBinaryHNSW(bit, hnsw_m)
     index.add(codes)
     return index
+
+
+def list_count(n, nlist=None):
+    """The lists of an IVF index of n codes: --nlist, or 4·√n; at most n, as k-means needs a code
+    for each list."""
+    if nlist is None:
+        return max(1, min(n, int(4 * np.sqrt(n))))
+    if isinstance(nlist, bool) or not isinstance(nlist, int) or not 1 <= nlist <= n:
+        raise UserError(f'--nlist must be an integer from 1 to the {n} codes (k-means needs a code '
+                        f'for each list), got {nlist!r}')
+    return nlist
 
 
 def search(database, queries, k, index='exact', faiss_index=None, nlist=None, nprobe=16, ef=256):
@@ -94,10 +106,9 @@ def build_index(codes_path, kind, nlist=None):
     for modality in codes.modalities:
         path = index_path(codes_path, modality, kind)
         index = make_index(codes.read(modality), kind, nlist)
-        temp = path.with_name(f'.{path.name}.tmp')
-        faiss.write_index_binary(index, str(temp))
-        temp.replace(path)
-        path.with_suffix('.json').write_text(json.dumps({**_stamp(codes_path), 'count': codes.count}))
+        atomic_write(path, lambda f: f.write(faiss.serialize_index_binary(index).tobytes()))
+        stamp = json.dumps({**_stamp(codes_path), 'count': codes.count}).encode()
+        atomic_write(path.with_suffix('.json'), lambda f: f.write(stamp))
         written.append(path)
     return written
 

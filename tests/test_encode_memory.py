@@ -109,3 +109,17 @@ def test_encode_memory_does_not_grow_with_the_rows(tmp_path):
     matrix_mb = n * width * 4 / 2 ** 20
     assert peak['rows'] == n
     assert peak['after_mb'] - peak['before_mb'] < matrix_mb / 4, (peak, matrix_mb)
+
+
+def test_search_memory_does_not_grow_with_the_source_ids():
+    """One query over 500000 codes with source ids, labels and rows, through api.search (what
+    `search` runs), measured by `benchmarks/search.py --api True`: only the hits' ids, rows and
+    labels are read, so the search adds the packed codes (3.8 MB) and a few buffers to the peak
+    resident memory (about 15 MB); reading every source id added 106 MB."""
+    done = subprocess.run([sys.executable, 'benchmarks/search.py', '--api', 'True', '--sizes', '5e5'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith('api search: codes=500000 '), done.stdout
+    added_mb = float(line.split('peak_rss_added_mb=')[1])
+    assert added_mb < 40, line

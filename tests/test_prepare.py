@@ -331,11 +331,11 @@ def test_nus(tmp_path, capsys):
     assert sidecar['ids'] == [f'{i + 1}:{n}'.replace('\\', '/') for i, n in enumerate(names) if keep[i]]
     assert sidecar['counts']['dropped'] == {'none of the 21 concepts': 3}
     assert f'{(text[keep].sum(1) == 0).sum()} of the kept images carry none of the 6 tags' in stdout
-    with h5py.File(out, 'r') as f:
-        np.testing.assert_array_equal(f['YAll'][()].T, text[keep])
-        np.testing.assert_array_equal(f['LAll'][()].T, labels[keep][:, chosen])
+    with h5py.File(out, 'r') as f:  # the variables of --flag nus
+        np.testing.assert_array_equal(f['text'][()].T, text[keep])
+        np.testing.assert_array_equal(f['label'][()].T, labels[keep][:, chosen])
         first = load_image(tmp_path / 'nus' / 'Flickr' / names[0].replace('\\', '/'))
-        np.testing.assert_array_equal(f['images'][0], first)
+        np.testing.assert_array_equal(f['image'][0], first)
 
 
 def test_ctrl_c_leaves_nothing_behind(work, tmp_path):
@@ -357,3 +357,119 @@ def test_ctrl_c_leaves_nothing_behind(work, tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err.strip() == 'interrupted', err
     assert list(out.iterdir()) == []
+
+
+def test_out_folder_is_created_as_train_creates_its_checkpoint_dir(work, capsys, tmp_path):
+    """The README's `--out ./data/FLICKR-25K.mat` on a fresh clone: the folder is made; one that
+    cannot be made or written is still refused in one line, before any work."""
+    out = tmp_path / 'data' / 'sub' / 'FLICKR.mat'
+    status, _, err = prepare_in_process(capsys, source='mir', root=work / 'mir', out=out,
+                                        min_count=3, images='raw')
+    assert status == 0, err
+    assert out.is_file() and load_sidecar(out)['counts']['kept'] == len(mir_expected())
+    (tmp_path / 'a-file').write_text('not a folder')
+    for bad in (tmp_path / 'a-file' / 'x.mat', Path('/proc/no-such-folder/x.mat')):
+        status, _, err = prepare_in_process(capsys, source='mir', root=work / 'mir', out=bad,
+                                            min_count=3, images='raw')
+        assert_one_line_error(status, err, rf'{re.escape(str(bad.parent))}: cannot write here')
+
+
+def test_a_nus_file_trains_and_tests_with_flag_nus(tmp_path, work):
+    """prepare --source nus writes the variables --flag nus reads (image, text, label), so the
+    README's prepare -> train -> test runs on NUS-WIDE as on MIRFlickr."""
+    make_nus(tmp_path / 'nus')
+    out = tmp_path / 'NUS-WIDE-TC21.mat'
+    prepared = run_main('prepare', '--source', 'nus', '--root', tmp_path / 'nus', '--out', out,
+                        '--pretrain_model_path', work / 'vgg-f.mat', '--batch_size', 8)
+    assert prepared.returncode == 0, prepared.stderr
+    options = ['--flag', 'nus', '--data_path', out, '--image_dim', WIDTHS[-1], '--text_dim', 6,
+               '--num_label', 21, '--query_size', 4, '--training_size', 16, '--hidden_dim', 64,
+               '--bit', 16, '--max_epoch', 1, '--batch_size', 8, '--device', 'cpu', '--vis_env',
+               'None', '--checkpoint_dir', tmp_path / 'ck']
+    train = run_main('train', *options)
+    assert train.returncode == 0, train.stderr
+    assert 'training 16, query 4, database 17' in train.stdout  # 21 kept: queries first (nus)
+    test = run_main('test', *options)
+    assert test.returncode == 0, test.stderr
+    assert '...test MAP: MAP(i->t)' in test.stdout
+    with h5py.File(out, 'r') as f:
+        assert sorted(f.keys()) == ['image', 'label', 'text']
+    assert 'train on it with --flag nus' in prepared.stdout
+
+
+def test_the_sidecar_never_replaces_a_file_without_overwrite(work, capsys, tmp_path):
+    """<out>.json is refused like <out> itself without --overwrite; a JSON-lines manifest that
+    would be its own sidecar (items.json with --out items.mat) is refused even with it."""
+    manifest = write_manifest(tmp_path / 'collection', 'jsonl')
+    named_json = manifest.rename(manifest.with_suffix('.json'))
+    before = named_json.read_bytes()
+    for overwrite in (False, True):
+        status, _, err = prepare_in_process(capsys, source='manifest', manifest=named_json,
+                                            out=named_json.with_suffix('.mat'), images='raw',
+                                            overwrite=overwrite)
+        assert_one_line_error(status, err, r'items\.json would replace the manifest')
+        assert named_json.read_bytes() == before
+        assert not named_json.with_suffix('.mat').exists()
+    other = tmp_path / 'x.json'
+    other.write_text('{"mine": 1}')
+    options = dict(source='manifest', manifest=named_json, out=tmp_path / 'x.mat', images='raw')
+    status, _, err = prepare_in_process(capsys, **options)
+    assert_one_line_error(status, err, r'x\.json: exists \(pass --overwrite True')
+    assert other.read_text() == '{"mine": 1}' and not (tmp_path / 'x.mat').exists()
+    status, _, err = prepare_in_process(capsys, **options, overwrite=True)
+    assert status == 0, err
+    assert load_sidecar(tmp_path / 'x.mat')['source'] == 'manifest'
+
+
+def test_manifest_with_a_byte_order_mark_or_null_text(work, capsys, tmp_path):
+    """A CSV saved by Excel (UTF-8 with a byte-order mark) reads as without one; a JSON-lines
+    "text": null is an item without text (dropped and counted), not the word "none"."""
+    manifest = write_manifest(tmp_path / 'collection', 'csv')
+    with_bom = manifest.with_name('excel.csv')
+    with_bom.write_bytes(b'\xef\xbb\xbf' + manifest.read_bytes())
+    sidecars = []
+    for path, out in ((manifest, 'plain.mat'), (with_bom, 'excel.mat')):
+        status, _, err = prepare_in_process(capsys, source='manifest', manifest=path,
+                                            out=tmp_path / out, images='raw')
+        assert status == 0, err
+        sidecars.append(load_sidecar(tmp_path / out))
+    assert sidecars[0] == sidecars[1]
+    items = [{'image': 'a/1.jpg', 'text': 'red car', 'labels': ['car']},
+             {'image': 'a/2.jpg', 'text': None, 'labels': ['car']},
+             {'image': 'b/3.jpg', 'text': 'the road', 'labels': ['road']}]
+    nulls = tmp_path / 'collection' / 'nulls.jsonl'
+    nulls.write_text(''.join(json.dumps(item) + '\n' for item in items))
+    status, _, err = prepare_in_process(capsys, source='manifest', manifest=nulls,
+                                        out=tmp_path / 'nulls.mat', images='raw')
+    assert status == 0, err
+    sidecar = load_sidecar(tmp_path / 'nulls.mat')
+    assert sidecar['ids'] == ['a/1.jpg', 'b/3.jpg'] and sidecar['counts']['dropped'] == {'no text': 1}
+    assert 'none' not in sidecar['vocabulary']
+
+
+def test_prepare_computes_features_in_float32(work, capsys, tmp_path):
+    """prepare sets the device flags as a run does (TF32 off: cuDNN's default is on), so its CNN-F
+    features are float32 like the features of image queries at search time."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        status, _, err = prepare_in_process(capsys, source='mir', root=work / 'mir',
+                                            out=tmp_path / 'x.mat', min_count=3,
+                                            pretrain_model_path=work / 'vgg-f.mat')
+        assert status == 0, err
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = True  # torch's default, for the tests after this one
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='item 16 on a GPU: needs a CUDA device '
+                    '(covered without one by test_prepare_computes_features_in_float32)')
+def test_cuda_features_are_the_cpu_float32_features(mir_file, work, tmp_path, capsys):
+    """prepare --device cuda:0 gives the CPU's float32 features (TF32 would be off by ~1e-3)."""
+    out, _ = mir_file
+    status, _, err = prepare_in_process(capsys, source='mir', root=work / 'mir',
+                                        out=tmp_path / 'cuda.mat', min_count=3, device='cuda:0',
+                                        pretrain_model_path=work / 'vgg-f.mat', batch_size=8)
+    assert status == 0, err
+    with h5py.File(out, 'r') as cpu, h5py.File(tmp_path / 'cuda.mat', 'r') as cuda:
+        np.testing.assert_allclose(cuda['images'][()], cpu['images'][()], rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -7,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+import config
+import runs
+from datasets.data_handler import load_data
 from retrieval import index
-from tests.matfiles import small_dataset, write_v7, write_vgg_f
+from tests.matfiles import small_dataset, write_v7, write_v73, write_vgg_f
 from tests.test_main import run_main as main
-
 
 
 def test_faiss_flat_equals_exact_on_tied_codes():
@@ -217,3 +220,193 @@ def test_image_file_query_is_encoded_as_the_api_encodes_it(mini_run):
     assert len(hits) == 60 and [h['rank'] for h in hits] == list(range(1, 61))
     assert [h['distance'] for h in hits] == [int(np.unpackbits(code[0] ^ text_codes[h['row']]).sum())
                                              for h in hits]
+
+
+def with_data(options, path):
+    """The command-line options with --data_path `path` instead."""
+    at = options.index('--data_path')
+    return [*options[:at + 1], path, *options[at + 2:]]
+
+
+def test_ivf_index_of_fewer_codes_than_lists_and_search_needs_a_saved_index(mini_run):
+    """index --index ivf on 10 codes (4·√10 = 12 lists by default) builds one of at most 10
+    lists; --nlist above the count is one line; search --index ivf|hnsw without a saved index says
+    how to build one instead of building it at every query."""
+    tmp, options = mini_run
+    few = tmp / 'few.h5'
+    assert main('encode', *options, '--out', few, '--rows', '0:10').returncode == 0
+    query = ['--database', few, '--rows', '0:1', '--modality', 'image', '--topk', 10, '--json', True]
+    cases = [('--nlist must be an integer from 1 to the 10 codes', 'index', '--database', few,
+              '--index', 'ivf', '--nlist', 11),
+             (f'no saved hnsw index of its text codes (build it once with python main.py index '
+              f'--database {few} --index hnsw)', 'search', *options, *query, '--index', 'hnsw')]
+    for expected, *case in cases:
+        done = main(*case)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], done.stderr
+    assert not list(tmp.glob('few.h5.*'))
+    built = main('index', '--database', few, '--index', 'ivf')
+    assert built.returncode == 0 and 'WARNING' not in built.stderr, built.stderr
+    assert index.load_index(few, 'text', 'ivf').nlist == 10
+    exact = main('search', *options, *query)
+    approximate = main('search', *options, *query, '--index', 'ivf', '--nprobe', 10)  # every list
+    assert exact.returncode == 0 and approximate.returncode == 0, approximate.stderr
+    assert ([h['distance'] for h in json.loads(approximate.stdout)]
+            == [h['distance'] for h in json.loads(exact.stdout)])
+
+
+def write_mini_like(folder, n, seed, label_names=LABELS):
+    """A data file of the mini run's widths with other items, and its sidecar (ids other<i>)."""
+    folder.mkdir()
+    features, text, labels = small_dataset(n, WIDTHS[-1], len(VOCABULARY), len(LABELS), seed=seed)
+    write_v7(folder / 'other.mat', {'images': np.abs(features), 'YAll': text, 'LAll': labels})
+    (folder / 'other.json').write_text(json.dumps({
+        'vocabulary': VOCABULARY, 'labels': label_names, 'ids': [f'other{i}' for i in range(n)]}))
+    return folder / 'other.mat', labels
+
+
+def test_rows_appended_from_another_data_file_keep_their_file_and_labels(mini_run):
+    """The 60 items of mini.mat, then the 80 of another file appended: searched with --data_path
+    mini.mat, every hit names the data file its row came from, with that file's id and labels (rows
+    60..79 exist only in the other file); a file of other label names is refused."""
+    tmp, options = mini_run
+    other, other_labels = write_mini_like(tmp / 'other', 80, seed=5)
+    _, _, mini_labels = small_dataset(60, WIDTHS[-1], len(VOCABULARY), len(LABELS))
+    both = tmp / 'both.h5'
+    for data, append in ((tmp / 'mini.mat', False), (other, True)):
+        done = main('encode', *with_data(options, data), '--out', both, '--append', append)
+        assert done.returncode == 0, done.stderr
+    done = main('search', *options, '--database', both, '--rows', '0:1', '--topk', 140, '--json', True)
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout)
+    files = {str((tmp / 'mini.mat').resolve()): ('photo{:03d}', mini_labels),
+             str(other.resolve()): ('other{}', other_labels)}
+    assert len(hits) == 140 and {h['data_file'] for h in hits} == set(files)
+    assert max(h['row'] for h in hits) == 79
+    for hit in hits:
+        name, labels = files[hit['data_file']]
+        assert hit['id'] == name.format(hit['row'])
+        assert hit['labels'] == [LABELS[j] for j in np.flatnonzero(labels[hit['row']])]
+    renamed, _ = write_mini_like(tmp / 'renamed', 20, seed=6, label_names=['a', 'b', 'c', 'd'])
+    before = both.read_bytes()
+    refused = main('encode', *with_data(options, renamed), '--out', both, '--append', True)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert 'one codes file holds items of one label set' in refused.stderr
+    assert both.read_bytes() == before
+
+
+def test_codes_are_computed_with_the_training_file_statistics(mini_run):
+    """A data file of mini.mat's 60 rows and 20 more of far larger features (so other image
+    statistics): its first 60 codes are mini.mat's, the codes file records the run's mean and std
+    (statistics.json), and a --rows query of it ranks as the same row of mini.mat does. A run
+    folder of an older version (no statistics.json) takes the data file's own, and says so."""
+    tmp, options = mini_run
+    features, text, labels = small_dataset(60, WIDTHS[-1], len(VOCABULARY), len(LABELS))
+    extra = small_dataset(20, WIDTHS[-1], len(VOCABULARY), len(LABELS), seed=7)
+    larger = tmp / 'larger.mat'
+    write_v7(larger, {'images': np.r_[np.abs(features), 10 * np.abs(extra[0]) + 5],
+                      'YAll': np.r_[text, extra[1]], 'LAll': np.r_[labels, extra[2]]})
+    done = main('encode', *with_data(options, larger), '--out', tmp / 'larger.h5')
+    assert done.returncode == 0, done.stderr
+    statistics = json.loads((tmp / 'flickr25k_32' / 'statistics.json').read_text())
+    with h5py.File(tmp / 'larger.h5') as h5, h5py.File(tmp / 'codes.h5') as trained:
+        assert (h5.attrs['image_mean'], h5.attrs['image_std']) == (statistics['image_mean'],
+                                                                   statistics['image_std'])
+        assert np.array_equal(h5['image'][:60], trained['image'][()])
+    query = ['--database', tmp / 'codes.h5', '--rows', '7:8', '--topk', 60, '--json', True]
+    same = [main('search', *with_data(options, data), *query) for data in (tmp / 'mini.mat', larger)]
+    assert same[0].returncode == 0 and same[0].stdout == same[1].stdout, same[1].stderr
+
+    old = tmp / 'old'
+    shutil.copytree(tmp / 'flickr25k_32', old / 'flickr25k_32', ignore=shutil.ignore_patterns('statistics.json'))
+    at = options.index('--checkpoint_dir')
+    old_options = [*with_data(options, larger)[:at + 1], old, *options[at + 2:]]
+    done = main('encode', *old_options, '--out', tmp / 'old.h5')
+    assert done.returncode == 0, done.stderr
+    assert f'{old / "flickr25k_32"} has no statistics.json' in done.stderr
+    own = load_data(larger, ('images', 'YAll', 'LAll'), WIDTHS[-1], len(VOCABULARY), len(LABELS),
+                    standardise_images=True)
+    with h5py.File(tmp / 'old.h5') as h5:
+        assert (h5.attrs['image_mean'], h5.attrs['image_std']) == (own.image_mean, own.image_std)
+
+
+def test_image_query_takes_the_given_weights_and_checks_their_sha256(mini_run):
+    """A data file whose sidecar names its CNN-F weights by a path of another machine: an image
+    query goes through --pretrain_model_path (the same file, by sha256) and ranks as with the
+    original sidecar; weights of another sha256 are refused in one line."""
+    from utils.checkpoint import sha256
+    tmp, options = mini_run
+    weights = tmp / 'imagenet-vgg-f.mat'
+    moved = tmp / 'moved'
+    moved.mkdir()
+    shutil.copyfile(tmp / 'mini.mat', moved / 'mini.mat')
+    sidecar = json.loads((tmp / 'mini.json').read_text())
+    sidecar['features'] = {'kind': 'cnn_f_fc7', 'weights': '/elsewhere/imagenet-vgg-f.mat',
+                           'weights_sha256': sha256(weights)}
+    (moved / 'mini.json').write_text(json.dumps(sidecar))
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp / 'photo.jpg')
+    query = ['--database', tmp / 'codes.h5', '--image', tmp / 'photo.jpg', '--topk', 60, '--json', True]
+    original = main('search', *options, *query)
+    given = main('search', *with_data(options, moved / 'mini.mat'), *query)
+    assert given.returncode == 0 and original.returncode == 0, given.stderr
+    assert json.loads(given.stdout) == json.loads(original.stdout)
+    write_vgg_f(tmp / 'other-vgg-f.mat', WIDTHS, seed=1)
+    at = options.index('--pretrain_model_path')
+    other = [*with_data(options, moved / 'mini.mat')[:at + 1], tmp / 'other-vgg-f.mat', *options[at + 2:]]
+    refused = main('search', *other, *query)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert (f'error: {tmp / "other-vgg-f.mat"}: not the CNN-F weights the features of '
+            f'{moved / "mini.mat"} were made with') in refused.stderr
+
+
+@pytest.fixture(scope='module')
+def agah_run(tmp_path_factory):
+    """An AGAH (random weights: its codes depend on their batch all the same) on a v7.3 file of
+    4500 rows, batch 100, which does not divide encode's 4096-row chunks: queries [0, 300),
+    database [300, 4500) (AGAH's MIRFlickr layout, queries first)."""
+    tmp = tmp_path_factory.mktemp('agah')
+    images, text, labels = small_dataset(4500, 16, 8, 4)
+    write_v73(tmp / 'agah.mat', {'images': images, 'YAll': text, 'LAll': labels})
+    options = {'model': 'agah', 'flag': 'mir', 'data_path': str(tmp / 'agah.mat'), 'image_dim': 16,
+               'text_dim': 8, 'num_label': 4, 'query_size': 300, 'db_size': 4200,
+               'training_size': 200, 'batch_size': 100, 'emb_dim': 32, 'bit': 16, 'device': 'cpu',
+               'checkpoint_dir': str(tmp), 'vis_env': None}
+    cfg = config.parse(options)
+    runs.run_dir(cfg).mkdir(parents=True)
+    runs.make_method(cfg, False, 1, torch.device('cpu')).save_best(runs.run_dir(cfg))
+    return tmp, options
+
+
+def test_agah_codes_file_of_a_split_equals_the_codes_test_scored(agah_run):
+    """encode --rows 300:4500 (the database's rows) gives the database codes test scores: encode
+    batches from the first row it encodes, in chunks of whole batches, as test from the first row
+    of each split."""
+    from retrieval import api
+    from utils import hamming
+    tmp, options = agah_run
+    run = api.load_run(**options)
+    api.write(run, tmp / 'database.h5', 'image', rows='300:4500')
+    splits = runs.load_splits(config.parse(options), torch.device('cpu'))
+    assert splits.database.tolist() == list(range(300, 4500))
+    scored = runs.encode(run.method, 'image', splits.images, splits.database)
+    assert np.array_equal(api.open_codes(tmp / 'database.h5').read('image'), hamming.pack(scored))
+
+
+def test_search_json_stdout_is_json_alone(agah_run):
+    """search --json True | jq: with the CUDA fallback notice (on a machine without CUDA), AGAH's
+    notes and the data, stdout parses as one JSON value; the notes are on stderr."""
+    tmp, options = agah_run
+    words = [str(w) for k, v in {**options, 'device': 'cuda:0'}.items() if v is not None
+             for w in (f'--{k}', v)]
+    assert main('encode', *words, '--out', tmp / 'images.h5', '--rows', '0:500', '--modality',
+                'image').returncode == 0
+    done = main('search', *words, '--database', tmp / 'images.h5', '--rows', '0:2', '--modality',
+                'image', '--same_modality', True, '--topk', 3, '--json', True)
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout)
+    assert [[h['rank'] for h in query] for query in hits] == [[1, 2, 3]] * 2
+    assert 'CNN-F is taken as already applied' in done.stderr
+    assert 'AGAH normalises over the whole batch' in done.stderr
+    if not torch.cuda.is_available():
+        assert 'CUDA is not available on this machine' in done.stderr
