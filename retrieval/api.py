@@ -208,9 +208,10 @@ def search(run, codes_path, query_codes, query_modality, k=20, index='exact', sa
     if k > codes.count:
         notes.append(f'--topk {k} is more than the {codes.count} codes: showing all of them')
         k = codes.count
-    if run.cfg.model == 'agah':
-        notes.append('AGAH normalises over the whole batch: these queries\' codes depend on the '
-                     'batch they were encoded in, and can differ from the codes file\'s')
+    if run.method.code_batch:  # AGAH's whole-batch norm
+        notes.append(f'{run.cfg.model.upper()} computes a code from its whole batch: these queries\' '
+                     'codes depend on the batch they were encoded in, and can differ from the codes '
+                     'file\'s')
     dist, ids = indexes.search(codes.read(target), hamming.pack(query_codes), k, index,
                                faiss_index, nprobe=nprobe)
     found = ids >= 0  # an approximate index marks a missing hit -1

@@ -407,6 +407,6 @@ def test_search_json_stdout_is_json_alone(agah_run):
     hits = json.loads(done.stdout)
     assert [[h['rank'] for h in query] for query in hits] == [[1, 2, 3]] * 2
     assert 'CNN-F is taken as already applied' in done.stderr
-    assert 'AGAH normalises over the whole batch' in done.stderr
+    assert 'AGAH computes a code from its whole batch' in done.stderr
     if not torch.cuda.is_available():
         assert 'CUDA is not available on this machine' in done.stderr

@@ -275,19 +275,28 @@ def mean_curves(runs, name, direction):
 
 
 def colour(method):
-    """One colour per method, in every figure: its runs and its published rows alike."""
+    """One colour per method, in every figure: its runs and its published rows alike (None: the
+    next of matplotlib's cycle)."""
+    if method is None:
+        return None
     names = sorted({name for m in METHODS.values() for _, name, *_ in m.PUBLISHED}
                    | {m.upper() for m in METHODS}, key=method_order)
     return f'C{names.index(method) % 10}' if method in names else 'k'
 
 
-def draw(panels, path, xlabel, ylabel, bits=None):
-    """A figure of two panels (I→T, T→I) at a paper's text width, each [(label, method, x, y, std
-    or None, line style)], one colour per method, a band of ± std, the legend below the panels,
-    out of the curves' way; `bits` puts the x axis on a log scale with those ticks. Written as
-    PNG, PDF and JSON (the lines drawn). Returns the paths written."""
+def draw(panels, path, xlabel, ylabel, bits=None, legend='below'):
+    """A figure of panels two a row (I→T, T→I) at a paper's text width, each (title, [(label,
+    method, x, y, std or None, line style)]), one colour per method, a band of ± std, the legend
+    below the panels, out of the curves' way; `bits` puts the x axis on a log scale with those
+    ticks. `legend='each'`: a legend in each panel and a symmetric-log y axis (the loss terms of
+    a method, which span orders of magnitude). Written as PNG, PDF and JSON (the lines drawn).
+    Returns the paths written."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    rows = -(-len(panels) // 2)
+    fig, axes = plt.subplots(rows, 2, figsize=(7, 2.8 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     record = []
     for ax, (title, lines) in zip(axes, panels):
         for name, method, x, y, std, style in lines:
@@ -295,20 +304,25 @@ def draw(panels, path, xlabel, ylabel, bits=None):
             if std is not None:
                 ax.fill_between(x, y - std, y + std, color=colour(method), alpha=0.2, linewidth=0)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if legend == 'each':
+            ax.set_yscale('symlog')
+            ax.legend(fontsize='x-small', ncol=2)
         if bits:
             ax.set_xscale('log', base=2)
             ax.set_xticks(bits, [str(b) for b in bits])
             ax.minorticks_off()
         record.append({'title': title, 'lines': [
-            {'label': name, 'method': method, 'x': np.asarray(x).tolist(),
+            {'label': name, 'method': method,'x': np.asarray(x).tolist(),
              'y': np.asarray(y).tolist(), 'std': None if std is None else np.asarray(std).tolist()}
             for name, method, x, y, std, _ in lines]})
     entries = {}
     for ax in axes:
         for handle, name in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(name, handle)
-    fig.legend(list(entries.values()), list(entries), loc='upper center', bbox_to_anchor=(0.5, 0),
-               fontsize='small', ncol=min(3, max(1, len(entries))), frameon=False)
+    if legend == 'below':
+        fig.legend(list(entries.values()), list(entries), loc='upper center',
+                   bbox_to_anchor=(0.5, 0), fontsize='small', ncol=min(3, max(1, len(entries))),
+                   frameon=False)
     written = save_figure(fig, path, formats=('png', 'pdf'))
     atomic_write(path.with_suffix('.json'), lambda f: f.write(json.dumps(record).encode()))
     return written + [path.with_suffix('.json')]
@@ -358,7 +372,31 @@ def figures(root, groups, names):
                             lines.append((label(model, key, names, d), model.upper(), *curve, '.-'))
                     panels.append((f'{DATASET_NAMES.get(dataset, dataset)}, {bit} bits, {arrow}', lines))
                 written += draw(panels, root / f'{name}_{dataset}_{bit}', xlabel, ylabel)
+            written += loss_figure(root / f'losses_{dataset}_{bit}', dataset, bit, mine, names)
     return written
+
+
+def loss_figure(path, dataset, bit, groups, names):
+    """The training losses per epoch (history.json's `losses`, seeds averaged with a band of ± one
+    std), a panel per method and setting, a line per term: what each method minimised."""
+    panels = []
+    for (d, model, key), by_bit in groups.items():
+        histories = [json.loads((run['dir'] / 'history.json').read_text())
+                     for run in by_bit.get(bit, []) if (run['dir'] / 'history.json').is_file()]
+        histories = [h['losses'] for h in histories if h.get('losses')]
+        if not histories:
+            continue
+        lines = []
+        for term in histories[0]:
+            curves = [h[term] for h in histories if term in h]
+            epochs = min(map(len, curves))
+            values = np.array([c[:epochs] for c in curves])
+            std = values.std(0, ddof=1) if len(values) > 1 else None
+            lines.append((term, None, np.arange(1, epochs + 1), values.mean(0), std, '.-'))
+        panels.append((f'{label(model, key, names, d)}, {bit} bits', lines))
+    if not panels:
+        return []
+    return draw(panels, path, 'epoch', 'loss (mean over its steps)', legend='each')
 
 
 def write_report(root):
