@@ -16,23 +16,31 @@ from collections import defaultdict
 import numpy as np
 
 import config
+from models import METHODS
 from utils.checkpoint import atomic_write
 from utils.errors import UserError
 from utils.plot import pyplot, save_figure
 
 DIRECTIONS = (('i2t', 'I→T'), ('t2i', 'T→I'))
-DATASET_NAMES = {'flickr25k': 'MIRFlickr-25K', 'nus-wide': 'NUS-WIDE'}
-# SPEC §11: (data set, method) -> direction -> bit -> MAP. Both papers chose on the test queries.
-PUBLISHED = {
-    ('flickr25k', 'dadh'): {'i2t': {16: 0.8020, 32: 0.8072, 64: 0.8179},
-                            't2i': {16: 0.7920, 32: 0.7959, 64: 0.8064}},
-    ('flickr25k', 'agah'): {'i2t': {16: 0.7923, 32: 0.7945, 64: 0.8069},
-                            't2i': {16: 0.7887, 32: 0.7904, 64: 0.8049}},
-    ('nus-wide', 'dadh'): {'i2t': {16: 0.6492, 32: 0.6662, 64: 0.6664},
-                           't2i': {16: 0.6501, 32: 0.6679, 64: 0.6808}},
-    ('nus-wide', 'agah'): {'i2t': {16: 0.6455, 32: 0.6600, 64: 0.6512},
-                           't2i': {16: 0.6313, 32: 0.6422, 64: 0.6336}},
-}
+DATASET_NAMES = {'flickr25k': 'MIRFlickr-25K', 'nus-wide': 'NUS-WIDE', 'iapr-tc12': 'IAPR TC-12'}
+
+
+def published_rows():
+    """(data set, method) -> [(source, {direction: {bit: MAP}})] of every method's PUBLISHED rows
+    (models/): a method's own rows first (its paper's), then other papers' prints of its numbers,
+    each source once; missing cells left out."""
+    rows = defaultdict(dict)
+    for own in (True, False):
+        for owner in METHODS.values():
+            for dataset, name, source, *maps in owner.PUBLISHED:
+                if (owner.NAME == name.lower()) == own:
+                    rows[dataset, name.lower()].setdefault(source, {
+                        d: {bit: m for bit, m in zip((16, 32, 64), values) if m is not None}
+                        for (d, _), values in zip(DIRECTIONS, maps)})
+    return {key: list(by_source.items()) for key, by_source in rows.items()}
+
+
+PUBLISHED = published_rows()
 # Options shown in the "model chosen on" column rather than in the setting's name.
 SELECTION_OPTIONS = {'select_on', 'valid_size', 'valid'}
 
@@ -65,7 +73,7 @@ def setting(run):
 def selection(run):
     if run.get('select_on') == 'valid':
         return f"held-out rows ({run['options'].get('valid_size')})"
-    return {'final': 'last epoch'}.get(run.get('select_on'), 'test queries')
+    return {'final': 'last epoch', 'last': 'last epoch'}.get(run.get('select_on'), 'test queries')
 
 
 def group(runs):
@@ -109,7 +117,7 @@ def tables(groups, names):
         name = DATASET_NAMES.get(dataset, dataset)
         rows.append([name, model.upper(), names[dataset, model, key], selection(first)]
                     + [cell(by_bit.get(bit, []), d) for d, _ in DIRECTIONS for bit in bits])
-        published = PUBLISHED.get((dataset, model), {})
+        published = PUBLISHED[dataset, model][0][1] if (dataset, model) in PUBLISHED else {}
         for bit, runs in sorted(by_bit.items()):
             for direction, _ in DIRECTIONS:
                 mean, std, n = summary(runs, direction)
@@ -118,10 +126,14 @@ def tables(groups, names):
                                 published.get(direction, {}).get(bit, ''),
                                 ' '.join(str(r['options'].get('seed', '')) for r in runs)])
     for dataset, model in sorted({key[:2] for key in groups} & set(PUBLISHED)):
-        published = PUBLISHED[dataset, model]
-        at = lambda d, bit: f'{published[d][bit]:.4f}' if bit in published[d] else '–'
-        rows.append([DATASET_NAMES[dataset], f'{model.upper()} (published)', '', 'test queries']
-                     + [at(d, bit) for d, _ in DIRECTIONS for bit in bits])
+        # the rule of the method's own code (its DEFAULTS): DADH and AGAH chose on the test queries
+        chosen_on = selection({'select_on': METHODS[model].DEFAULTS.get('select_on') if model in METHODS
+                               else None})
+        for number, (source, published) in enumerate(PUBLISHED[dataset, model]):
+            at = lambda d, bit: f'{published[d][bit]:.4f}' if bit in published[d] else '–'
+            rows.append([DATASET_NAMES.get(dataset, dataset),
+                         f'{model.upper()} ({"published" if number == 0 else source})', '', chosen_on]
+                         + [at(d, bit) for d, _ in DIRECTIONS for bit in bits])
     markdown = '\n'.join(['| ' + ' | '.join(map(str, row)) + ' |'
                           for row in [header, ['---'] * len(header)] + rows])
     text = io.StringIO()
@@ -152,11 +164,12 @@ def map_vs_bits(groups, names, path):
                 stats = [summary(by_bit[bit], direction) for bit in bits]
                 ax.errorbar(bits, [s[0] for s in stats], yerr=[s[1] or 0 for s in stats],
                             marker='o', capsize=3, label=label(d, model, key, names))
-            for (d, model), published in PUBLISHED.items():
+            for (d, model), sources in PUBLISHED.items():
                 if d == dataset and any(key[:2] == (d, model) for key in groups):
-                    bits = sorted(published[direction])
-                    ax.plot(bits, [published[direction][b] for b in bits], '--x',
-                            label=f'{model.upper()} (published)')
+                    for number, (source, published) in enumerate(sources):
+                        bits = sorted(published[direction])
+                        ax.plot(bits, [published[direction][b] for b in bits], '--x',
+                                label=f'{model.upper()} ({"published" if number == 0 else source})')
             ax.set(xlabel='bits', ylabel='MAP', xscale='log', xticks=sorted(
                 {b for k, by_bit in groups.items() if k[0] == dataset for b in by_bit}),
                 title=f'{DATASET_NAMES.get(dataset, dataset)}, {arrow}')
