@@ -16,7 +16,7 @@ from utils.distributed import SOLO
 from utils.phases import phase
 
 WEIGHT_DECAY = 5e-4
-CHUNK_ROWS = 1024  # rows of Θ = ½FGᵀ (and of S) computed at a time: 1024 x N values
+CHUNK_ROWS = 256  # rows of Θ = ½FGᵀ (and of S) computed at a time: 256 x N values, in cache
 
 
 def similarity(labels, other):
@@ -28,12 +28,14 @@ def similarity(labels, other):
 def objective(S, F, G, B, gamma, eta):
     """J of SPEC-DCMH §4 over all N² pairs (self-pairs (SPEC-DCMH §7): i = j included):
     Σ_ij [log(1 + e^Θ_ij) − S_ij Θ_ij] + γ(‖F − B‖² + ‖G − B‖²) + η(‖Fᵀ1‖² + ‖Gᵀ1‖²), Θ = ½FGᵀ,
-    a chunk of rows of Θ at a time, summed in float64. S: N x N, bool or 0/1 of any dtype."""
+    a chunk of rows of Θ at a time, chunk sums added in float64. S: N x N, bool or 0/1 of any dtype."""
     likelihood = 0.0
     for s in range(0, len(F), CHUNK_ROWS):
         theta = 0.5 * F[s:s + CHUNK_ROWS] @ G.T
-        # log(1 + e^Θ) − Θ = log(1 + e^−Θ): where S = 1 the term is softplus(−Θ), one pass
-        likelihood += softplus(torch.where(S[s:s + CHUNK_ROWS].bool(), -theta, theta)).sum(dtype=torch.float64)
+        # log(1 + e^Θ) − Θ = log(1 + e^−Θ): where S = 1 the term is softplus(−Θ), so the chunk's
+        # terms are softplus(±Θ) (no cancellation), the sign flipped in place
+        sign = S[s:s + CHUNK_ROWS].to(torch.int8).mul_(-2).add_(1)
+        likelihood += softplus(theta.mul_(sign)).sum().double()
     squares = lambda x: (x.double() ** 2).sum()
     return (likelihood + gamma * (squares(F - B) + squares(G - B))
             + eta * (squares(F.sum(0)) + squares(G.sum(0))))
@@ -46,8 +48,8 @@ def batch_gradient(S, own, other, B, index, gamma, eta):
     symmetric). hand-gradient (SPEC-DCMH §7): the formula, as the code writes it."""
     own_b = own[index]
     # stale-rows (SPEC-DCMH §7): Gᵀ and 1ᵀF run over all N rows, most from earlier steps
-    return (0.5 * (torch.sigmoid(0.5 * own_b @ other.T) - S[index].to(own.dtype)) @ other
-            + 2 * gamma * (own_b - B[index]) + 2 * eta * own.sum(0))
+    residual = (0.5 * own_b @ other.T).sigmoid_().sub_(S[index].to(own.dtype))  # σ(Θ_b) − S_b
+    return 0.5 * residual @ other + 2 * gamma * (own_b - B[index]) + 2 * eta * own.sum(0)
 
 
 def update_codes(F, G, gamma):
