@@ -49,7 +49,7 @@ def batch_gradient(S, own, other, B, index, gamma, eta):
     own_b = own[index]
     # stale-rows (SPEC-DCMH §7): Gᵀ and 1ᵀF run over all N rows, most from earlier steps
     residual = (0.5 * own_b @ other.T).sigmoid_().sub_(S[index].to(own.dtype))  # σ(Θ_b) − S_b
-    return 0.5 * residual @ other + 2 * gamma * (own_b - B[index]) + 2 * eta * own.sum(0)
+    return (residual @ other).mul_(0.5) + 2 * gamma * (own_b - B[index]) + 2 * eta * own.sum(0)
 
 
 def update_codes(F, G, gamma):
