@@ -60,8 +60,8 @@ def update_codes(F, G, gamma):
 
 def epoch_lr(lr, lr_end, epoch, max_epoch):
     """logspace-lr (SPEC-DCMH §7): lr of 0-based epoch `epoch` of E = max_epoch, MATLAB's
-    logspace(log10 lr, log10 lr_end, E), geometric from lr to lr_end (E = 1 gives lr_end); past
-    epoch E (a resumed run given more epochs) it stays lr_end."""
+    logspace(log10 lr, log10 lr_end, E), geometric from lr to lr_end (E = 1 gives lr_end); after
+    epoch E (what end_epoch of the last epoch asks for) it stays lr_end."""
     if max_epoch == 1:
         return lr_end
     a, b = math.log10(lr), math.log10(lr_end)

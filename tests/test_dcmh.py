@@ -130,7 +130,7 @@ def test_learning_rate_is_matlab_logspace():
         assert epoch_lr(10 ** -1.5, 1e-3, e - 1, E) == pytest.approx(10 ** (-1.5 - 1.5 * (e - 1) / (E - 1)),
                                                                      rel=1e-12)
     assert epoch_lr(10 ** -1.5, 1e-3, 0, 1) == 1e-3  # logspace(-1.5, -3, 1) is 10^-3
-    assert epoch_lr(10 ** -1.5, 1e-3, 9, E) == pytest.approx(1e-3)  # past E (resumed with more)
+    assert epoch_lr(10 ** -1.5, 1e-3, 9, E) == pytest.approx(1e-3)  # after the last epoch
 
 
 @pytest.fixture(scope='module')
