@@ -32,6 +32,7 @@ from utils import hamming
 TINY = {
     'dadh': (['--hidden_dim', 64, '--bit', 16, '--lr', 1e-3], ['--lr', 1e30], 1e-3),
     'agah': (['--emb_dim', 32, '--bit', 16, '--valid_freq', 1, '--lr', 1e-3], ['--lr', 1e30], 1e-2),
+    'dcmh': (['--bit', 16, '--batch_size', 32, '--lr', 0.1, '--lr_end', 0.1, '--eta', 0.1], ['--lr', 1e30], 0.1),
 }
 EPOCHS = 2
 EPOCH_LINE = re.compile(r'^epoch (\d+)/\d+: loss ([-\d.e+na]+)', re.M)
