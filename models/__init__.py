@@ -2,5 +2,6 @@
 main, runs, retrieval, report and the run scripts read; `--model` takes its names."""
 from models.agah import AGAH
 from models.dadh import DADH
+from models.ssah import SSAH
 
-METHODS = {method.NAME: method for method in (DADH, AGAH)}
+METHODS = {method.NAME: method for method in (DADH, AGAH, SSAH)}
