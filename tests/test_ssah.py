@@ -444,3 +444,9 @@ def test_raw_image_miniature_trains_cnn_f_and_stops_where_the_rates_end(tmp_path
     assert conv1.shape == (8, 3, 11, 11)
     assert not torch.allclose(conv1, torch.from_numpy(pretrained.transpose()))  # fine-tuned
     assert model['image.cnn.average_image'].shape == (3, 224, 224)
+    # report: the run, kept at its last epoch, beside the SSAH paper's Table 2 (SPEC-SSAH §6).
+    report = run_main('report', '--checkpoint_dir', tmp_path / 'ck')
+    assert report.returncode == 0, report.stderr
+    assert re.search(r'^\| MIRFlickr-25K \| SSAH \| .*\| last epoch \| %.4f \(1\) \| %.4f \(1\) \|$'
+                     % (mapi2t, mapt2i), report.stdout, re.M), report.stdout
+    assert '| MIRFlickr-25K | SSAH (published) |  | test queries | 0.7820 | 0.7910 |' in report.stdout
