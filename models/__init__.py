@@ -3,5 +3,6 @@ main, runs, retrieval, report and the run scripts read; `--model` takes its name
 from models.agah import AGAH
 from models.dadh import DADH
 from models.dcmh import DCMH
+from models.ssah import SSAH
 
-METHODS = {method.NAME: method for method in (DADH, AGAH, DCMH)}
+METHODS = {method.NAME: method for method in (DADH, AGAH, DCMH, SSAH)}

@@ -20,6 +20,7 @@ import pytest
 import scipy.io
 import torch
 
+import config
 from models import METHODS
 from retrieval import api
 from tests.test_distributed import OPTIONS as DISTRIBUTED, TORCHRUN, assert_same_run
@@ -33,6 +34,7 @@ TINY = {
     'dadh': (['--hidden_dim', 64, '--bit', 16, '--lr', 1e-3], ['--lr', 1e30], 1e-3),
     'agah': (['--emb_dim', 32, '--bit', 16, '--valid_freq', 1, '--lr', 1e-3], ['--lr', 1e30], 1e-2),
     'dcmh': (['--bit', 16, '--batch_size', 32, '--lr', 0.1, '--lr_end', 0.1, '--eta', 0.1], ['--lr', 1e30], 0.1),
+    'ssah': (['--hidden_dim', 64, '--semantic_embed', 128, '--k_img', 3, '--k_txt', 3], ['--s_img', -30], 1e-2),
 }
 EPOCHS = 2
 EPOCH_LINE = re.compile(r'^epoch (\d+)/\d+: loss ([-\d.e+na]+)', re.M)
@@ -41,6 +43,13 @@ EPOCH_LINE = re.compile(r'^epoch (\d+)/\d+: loss ([-\d.e+na]+)', re.M)
 def options(method, root, *more):
     return ['--model', method, '--flag', 'demo', '--device', 'cpu', '--vis_env', 'None',
             '--max_epoch', EPOCHS, '--data_path', root / 'demo.mat', *TINY[method][0], *more]
+
+
+def taken(method, words):
+    """The --name value pairs of `words` that --model `method` takes (test_distributed's options
+    carry the --lr of the methods that have one)."""
+    known = config.known_options(method)
+    return [w for name, value in zip(words[::2], words[1::2]) if name[2:] in known for w in (name, value)]
 
 
 def run_folder(checkpoint_dir):
@@ -232,7 +241,7 @@ def test_torchrun_gives_the_one_process_run_or_refuses_in_one_line(data_path, tm
         launcher = [*TORCHRUN, '--nproc_per_node', 2, '--master_addr', '127.0.0.1', '--master_port',
                     free_port()] if processes == 2 else [sys.executable]
         done = subprocess.run([*map(str, launcher), 'main.py', 'train', '--model', method,
-                               '--data_path', str(data_path), *map(str, DISTRIBUTED),
+                               '--data_path', str(data_path), *map(str, taken(method, DISTRIBUTED)),
                                *map(str, TINY[method][0]), '--valid_freq', '1', '--max_epoch', '2',
                                '--checkpoint_dir', str(tmp_path / str(processes))],
                               cwd=REPO, text=True, capture_output=True, timeout=300)

@@ -30,7 +30,8 @@ from utils.errors import UserError
 from utils.plot import pyplot, save_figure
 
 DIRECTIONS = (('i2t', 'I→T'), ('t2i', 'T→I'))
-DATASET_NAMES = {'flickr25k': 'MIRFlickr-25K', 'nus-wide': 'NUS-WIDE', 'iapr-tc12': 'IAPR TC-12'}
+DATASET_NAMES = {'flickr25k': 'MIRFlickr-25K', 'nus-wide': 'NUS-WIDE', 'iapr-tc12': 'IAPR TC-12',
+                 'ms-coco': 'MS COCO'}
 PUBLISHED_BITS = (16, 32, 64)
 # The order papers print methods in: the baselines, then AGAH, then DADH; others after, by name.
 ORDER = ('DCMH', 'PRDH', 'CHN', 'SSAH', 'SSWAH', 'AGAH', 'DADH')
@@ -149,7 +150,7 @@ def table_rows(groups, names):
                    | {model.upper() for d, model, _ in groups if d == dataset})
         rows = []
         for method in sorted(methods, key=method_order):
-            own_first = sorted(published.items(), key=lambda item: item[0][2] != f'{method} paper')
+            own_first = sorted(published.items(), key=lambda item: not item[0][2].startswith(f'{method} paper'))
             for (d, name, source), maps in own_first:
                 if (d, name) == (dataset, method):
                     rows.append(dict(method=method, source=source, split='the paper\'s',
