@@ -333,7 +333,7 @@ def draw(panels, path, xlabel, ylabel, bits=None, legend='below'):
 def published_rule(method, source):
     """How a published row's model was chosen, where the spec says: DADH's and AGAH's code on
     the test queries (SPEC §11), DCMH's and SSAH's its last epoch (SPEC-DCMH §6, SPEC-SSAH §6)."""
-    if not source.endswith('paper'):
+    if not source.startswith(f'{method} paper'):
         return 'as published'
     return 'test queries' if method in ('DADH', 'AGAH') else 'last epoch'
 
