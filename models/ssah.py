@@ -342,8 +342,8 @@ class SSAH(Method):
     DATA_DEFAULTS = {'mir': dict(query_size=2000, training_size=10000, db_size=18015),
                      'nus': dict(query_size=2100, training_size=10500, db_size=None)}
     # Smaller nets and fewer, faster image and text passes: a run of seconds. On the demo's sparse
-    # labels (a quarter of pairs similar) semantic_embed 32 or 2 label passes instead of 10 left
-    # every fc8 ReLU dead and all codes equal in some seeds.
+    # labels (a quarter of pairs similar) semantic_embed 32, or k_lab 2 instead of 10, left the
+    # ReLUs before the heads dead and (nearly) all codes equal in some seeds.
     DEMO = dict(query_size=500, db_size=2500, training_size=1024, hidden_dim=512, semantic_embed=128,
                 max_epoch=3, k_img=6, k_txt=6, s_img=3.0, s_txt=3.0)
     PUBLISHED = (
