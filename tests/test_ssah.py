@@ -187,7 +187,7 @@ def test_tf1_adam_one_step_by_hand_with_the_shared_counter():
     torch_style = -lr / (1 - 0.9 ** 2) * m / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
     assert abs(torch_style / by_hand(gb, 2) - 1) > 0.5
     torch.testing.assert_close(adam.m[0], torch.tensor(0.1 * ga, dtype=torch.float32))  # untouched
-    assert adam.beta1_power.item() == pytest.approx(0.9 ** 3) and adam.beta2_power.item() == pytest.approx(0.999 ** 3)
+    assert adam.t.item() == 2
 
 
 def test_legacy_bilinear_and_the_text_pooling_by_hand():
@@ -408,22 +408,23 @@ def test_the_schedule_step_by_step(tmp_path):
     # A sub-phase that a monitor ended early, and one that could have stopped but ran them all.
     assert early and any(ran > rule[phase][1] for phase, _, ran in full), (early, full)
     # shared-adam-step: one step counter for every label, image and text step, another for the
-    # discriminators' (β^t of the next step, t from 1).
-    assert method.hashing_adam.beta1_power.item() == pytest.approx(0.9 ** (counted['hashing'] + 1), rel=1e-4)
-    assert method.dis_adam.beta2_power.item() == pytest.approx(0.999 ** (counted['discriminator'] + 1), rel=1e-4)
+    # discriminators'.
+    assert method.hashing_adam.t.item() == counted['hashing']
+    assert method.dis_adam.t.item() == counted['discriminator']
 
 
 def test_raw_image_miniature_trains_cnn_f_and_stops_where_the_rates_end(tmp_path):
-    """main.py train and test on 120 raw 224 x 224 images (v7.3) with a small CNN-F: CNN-F
+    """main.py train and test on 300 raw 224 x 224 images (v7.3) with a small CNN-F: CNN-F
     (MatConvNet geometry, average image subtracted) is fine-tuned, the codes beat a random
-    ranking, and --max_iter 5 leaves rates for 2 of the 3 epochs asked (run-ends-189, shrunk)."""
-    images, text, labels = raw_image_dataset(n=120, text_dim=60)
+    ranking, and --max_iter 5 leaves rates for 2 of the 3 epochs asked (run-ends-189, shrunk).
+    With 80 training rows, or 10 label passes, SSAH's codes stayed near chance in some seeds."""
+    images, text, labels = raw_image_dataset(n=300, text_dim=60)
     write_v73(tmp_path / 'raw.mat', {'images': images.T, 'YAll': text, 'LAll': labels})
     write_vgg_f(tmp_path / 'vgg-f.mat', [8, 16, 16, 16, 16, 32, 24])
     options = ['--model', 'ssah', '--device', 'cpu', '--vis_env', 'None', '--data_path',
                tmp_path / 'raw.mat', '--pretrain_model_path', tmp_path / 'vgg-f.mat',
-               '--checkpoint_dir', tmp_path / 'ck', '--query_size', 20, '--db_size', 100,
-               '--training_size', 80, '--batch_size', 8, '--text_dim', 60, '--num_label', 6,
+               '--checkpoint_dir', tmp_path / 'ck', '--query_size', 50, '--db_size', 250,
+               '--training_size', 200, '--batch_size', 16, '--text_dim', 60, '--num_label', 6,
                '--hidden_dim', 64, '--semantic_embed', 128, '--k_lab', 30, '--k_img', 3,
                '--k_txt', 3, '--s_img', 3, '--s_txt', 3, '--max_epoch', 3, '--max_iter', 5]
     train = run_main('train', *options)
