@@ -35,13 +35,13 @@ class AGAHNet(nn.Module):
     classifiers (logits) per modality. `cnn` (CNN-F to fc7) goes first on raw images; without it
     the image features are taken as CNN-F's fc7 already applied."""
 
-    def __init__(self, image_dim, text_dim, emb_dim, bit, num_label, lambd, cnn=None):
+    def __init__(self, image_dim, text_dim, hidden_dim, emb_dim, bit, num_label, lambd, cnn=None):
         super().__init__()
         image_layers = [nn.Linear(cnn.out_dim if cnn else image_dim, emb_dim), nn.ReLU(inplace=True)]
         self.image_net = nn.Sequential(*([cnn] if cnn else []), *image_layers)
-        self.text_net = nn.Sequential(nn.Linear(text_dim, 8192), nn.ReLU(inplace=True),
-                                      nn.Linear(8192, 4096), nn.ReLU(inplace=True),
-                                      nn.Linear(4096, emb_dim), nn.ReLU(inplace=True))
+        self.text_net = nn.Sequential(nn.Linear(text_dim, hidden_dim), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden_dim, hidden_dim // 2), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden_dim // 2, emb_dim), nn.ReLU(inplace=True))
         self.image_hash = nn.Sequential(nn.Linear(emb_dim, bit), nn.Tanh())
         self.text_hash = nn.Sequential(nn.Linear(emb_dim, bit), nn.Tanh())
         self.image_classifier = nn.Linear(emb_dim, num_label)
@@ -82,6 +82,8 @@ class AGAH(Method):
         'mu': (1.0, 'adversarial weight'),
         'margin': (0.3, 'triplet margin'),
         'emb_dim': (512, 'width e of the features both nets end in (SPEC-AGAH)', 1),
+        'hidden_dim': (8192, 'width of the text net\'s first hidden layer, the second half of it '
+                             '(8192 and 4096 in the published code; smaller only for quick runs)', 2),
         'lambd': (0.8, 'attention mix: f^ = lambd f + (1 - lambd) attended label features'),
         'data_enhance': (False, 'add n/2 mixed training samples 0.5 a + 0.5 b'),
         'delta': (None, 'in the published configuration but read by nothing; accepted and unused'),
@@ -98,7 +100,7 @@ class AGAH(Method):
     SUBTRACT_AVERAGE_IMAGE = False  # AGAH feeds raw pixel values to CNN-F
 
     def __init__(self, num_train, device, cnn=None, *, image_dim, text_dim, num_label, bit,
-                 batch_size, lr, alpha, beta, gamma, eta, mu, margin, emb_dim, lambd, amp=None):
+                 batch_size, lr, alpha, beta, gamma, eta, mu, margin, emb_dim, hidden_dim, lambd, amp=None):
         if cnn is None:
             print('--model agah on image features: CNN-F is taken as already applied and frozen '
                   '(an approximation: the published model fine-tunes it on raw images)')
@@ -106,7 +108,7 @@ class AGAH(Method):
         self.eta, self.mu, self.margin = eta, mu, margin
         self.num_train, self.device, self.batch_size = num_train, device, batch_size
         self.code_batch = batch_size  # the whole-batch norm makes a code depend on its batch
-        self.net = AGAHNet(image_dim, text_dim, emb_dim, bit, num_label, lambd, cnn).to(device)
+        self.net = AGAHNet(image_dim, text_dim, hidden_dim, emb_dim, bit, num_label, lambd, cnn).to(device)
         self.image_critic, self.text_critic = critic(emb_dim).to(device), critic(emb_dim).to(device)
         self.image_critic_opt, self.text_critic_opt = (
             torch.optim.Adamax(c.parameters(), lr=lr * 10, betas=(0.5, 0.9), weight_decay=1e-4)

@@ -146,7 +146,7 @@ def test_raw_images_of_another_size_are_refused(tmp_path):
         load_data(str(tmp_path / 'small.mat'), ('images', 'YAll', 'LAll'), 4096, 40, 6)
 
 
-AGAH_TINY = ['--model', 'agah', '--bit', '16', '--emb_dim', '32', '--batch_size', '16',
+AGAH_TINY = ['--model', 'agah', '--bit', '16', '--emb_dim', '32', '--hidden_dim', '64', '--batch_size', '16',
              '--max_epoch', '2', '--valid_freq', '1', '--device', 'cpu', '--vis_env', 'None',
              '--text_dim', '40', '--num_label', '6']
 

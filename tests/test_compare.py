@@ -37,7 +37,7 @@ def small(tmp_path_factory):
 def train_and_test(checkpoint_dir, method, *options):
     for command in ('train', 'test'):
         done = run_main(command, '--model', method, *SMALL, *options, '--checkpoint_dir', checkpoint_dir,
-                        *(OWN[:2] if method == 'dadh' else OWN[2:]), '--max_epoch', 2)
+                        *(OWN[:2] if method == 'dadh' else OWN), '--max_epoch', 2)
         assert done.returncode == 0, done.stderr
 
 
@@ -107,7 +107,7 @@ def test_bad_split_file_is_one_line_and_writes_nothing(small, compared, tmp_path
 
 def sweep(checkpoint_dir, small, **popen):
     command = ['./train_test.sh', '--models', 'dadh,agah', '--seeds', '1', '--data_path',
-               small / 'small.mat', *SMALL, *OWN, '--max_epoch', 3, '--checkpoint_dir', checkpoint_dir]
+               small / 'small.mat', *SMALL, *OWN, '--max_epoch', 2, '--checkpoint_dir', checkpoint_dir]
     return subprocess.Popen([str(c) for c in command], cwd=REPO, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **popen)
 
@@ -122,7 +122,7 @@ def test_sweep_stopped_by_sigterm_skips_the_done_run_resumes_the_other_and_gives
     seen_agah = False
     for line in stopped.stdout:  # the second run's first epoch, then a scheduler's SIGTERM
         seen_agah = seen_agah or line.startswith("  model: 'agah'")
-        if seen_agah and line.startswith('epoch 1/3'):
+        if seen_agah and line.startswith('epoch 1/2'):
             os.killpg(stopped.pid, signal.SIGTERM)
             break
     stopped.communicate(timeout=120)

@@ -152,7 +152,8 @@ def test_help_of_one_method_lists_its_own_options_only():
     assert 'options of --model agah:' in result.stdout and 'options of --model dadh' not in result.stdout
     for option, default in (('emb_dim', '512'), ('lambd', '0.8'), ('lr', '0.0001'), ('gamma', '0.001')):
         assert re.search(rf'--{option}\s+{re.escape(default)}\s+\S', result.stdout), option
-    assert '--hidden_dim' not in result.stdout and '--lamb ' not in result.stdout
+    assert '--dropout' not in result.stdout and '--lamb ' not in result.stdout
+    assert re.search(r'--hidden_dim\s+8192\s+width of the text net', result.stdout)  # AGAH's own meaning
     assert '--select_on' in result.stdout  # the run's options come too
 
 
@@ -197,7 +198,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_one_warning(capsys):
     (['--hidden_dim', '8'], r'--hidden_dim must be at least 16 \(width of the first hidden layer'),
     (['--model', 'agah', '--emb_dim', '0'], r'--emb_dim must be positive, got 0'),
     (['--select_on', 'best'], r'--select_on must be one of query, valid, last'),
-    (['--model', 'dcmh'], r"--model must be one of dadh, agah, got 'dcmh'"),
+    (['--model', 'dsah'], r"--model must be one of dadh, agah, dcmh, ssah, got 'dsah'"),
 ])
 def test_bad_options_end_in_one_line(tmp_path, args, message):
     result = run_main('train', '--checkpoint_dir', tmp_path, '--vis_env', 'None', *args)

@@ -32,7 +32,7 @@ from utils import hamming
 # largest learning rate of a parameter with those options: torchrun's bound on rounding's effect)
 TINY = {
     'dadh': (['--hidden_dim', 64, '--bit', 16, '--lr', 1e-3], ['--lr', 1e30], 1e-3),
-    'agah': (['--emb_dim', 32, '--bit', 16, '--valid_freq', 1, '--lr', 1e-3], ['--lr', 1e30], 1e-2),
+    'agah': (['--emb_dim', 32, '--hidden_dim', 64, '--bit', 16, '--valid_freq', 1, '--lr', 1e-3], ['--lr', 1e30], 1e-2),
     'dcmh': (['--bit', 16, '--batch_size', 32, '--lr', 0.1, '--lr_end', 0.1, '--eta', 0.1], ['--lr', 1e30], 0.1),
     'ssah': (['--hidden_dim', 64, '--semantic_embed', 128, '--k_img', 3, '--k_txt', 3], ['--s_img', -30], 1e-2),
 }

@@ -1,5 +1,6 @@
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -136,8 +137,9 @@ def test_bad_inputs_are_one_line_and_change_nothing(demo_run, mini_run):
              ('expected image_dim', 'encode', *mini_data, '--out', tmp / 'never.h5'),
              ('index of another codes file', 'search', *options, '--database', other, '--rows', '0:1',
               '--index', 'flat')]
-    for expected, *case in cases:
-        done = main(*case)
+    with ThreadPoolExecutor(2) as pool:  # independent commands, two at a time: 2 cores
+        finished = list(pool.map(lambda case: main(*case[1:]), cases))
+    for (expected, *case), done in zip(cases, finished):
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (case, done.stderr)
         assert expected in done.stderr, (case, done.stderr)
     all_unknown = main('search', *mini_options, '--database', mini / 'codes.h5', '--text', 'zebra')

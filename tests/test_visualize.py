@@ -49,6 +49,7 @@ def test_curves_reach_a_real_server(tmp_path, data_path):
 def test_no_server_costs_one_line_and_the_log_replays(tmp_path, data_path):
     start = time.time()
     off = train(data_path, tmp_path / 'off', '--vis_env', 'None')
+    assert off.returncode == 0, off.stderr
     off_seconds = time.time() - start
     port = free_port()
     start = time.time()

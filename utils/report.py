@@ -91,8 +91,10 @@ def setting(run):
         options.pop('valid_size', None)  # read only by --select_on valid
     options['split'] = split_of(run)
     options['rule'] = selection(run)
-    options['evaluated on'] = (f"{Path(run.get('data_path') or run['options'].get('data_path', '')).name}, "
-                               f"{run.get('query_size')} queries, {run.get('database_size')} database")
+    evaluated = [Path(run.get('data_path') or run['options'].get('data_path', '')).name]
+    evaluated += [f'{run[size]} {name}' for size, name in (('query_size', 'queries'), ('database_size', 'database'))
+                  if run.get(size) is not None]  # metrics.json of older runs have no sizes
+    options['evaluated on'] = ', '.join(evaluated)
     return options
 
 
