@@ -94,13 +94,15 @@ def test_held_out_rows_must_fit_in_the_database():
         ranges_split(300, 'query_last', None, 250, 150, 101)
 
 
-def write_run(root, model, bit, seed, maps, **options):
-    """A tested run folder as `test` leaves it: metrics.json and the precision-recall arrays."""
+def write_run(root, model, bit, seed, maps, evaluated=None, select_on='query', **options):
+    """A tested run folder as `test` leaves it: metrics.json (with `evaluated`, what `test` adds:
+    data_path, query_size, database_size) and the precision-recall arrays."""
     folder = root / f'seed{seed}' / f'flickr25k_{bit}{"_agah" if model == "agah" else ""}'
     folder.mkdir(parents=True)
     cfg = config.parse({'model': model, 'flag': 'mir', 'bit': bit, 'seed': seed, **options})
-    metrics = {'dataset': 'flickr25k', 'model': model, 'bit': bit, 'select_on': 'query',
-               'options': cfg.options, 'i2t': {'map': maps[0]}, 't2i': {'map': maps[1]}}
+    metrics = {'dataset': 'flickr25k', 'model': model, 'bit': bit, 'select_on': select_on,
+               'options': cfg.options, 'i2t': {'map': maps[0]}, 't2i': {'map': maps[1]},
+               **(evaluated or {})}
     (folder / 'metrics.json').write_text(json.dumps(metrics))
     for direction in ('i2t', 't2i'):
         np.save(folder / f'pr_{direction}.npy', np.stack([np.linspace(1, 0.5, bit + 1),
@@ -170,6 +172,28 @@ def test_report_averages_seeds_and_keeps_other_settings_apart(runs):
             image.load()
             assert image.format == 'PNG' and image.size[0] > 500
         assert (root / f'{name}.pdf').read_bytes().startswith(b'%PDF')
+
+
+def test_runs_tested_on_other_rows_are_not_averaged_and_each_rule_has_its_own_legend_entry(tmp_path):
+    """Issue 19 item 11: the test-time data file and query and database sizes are part of a run's
+    setting (never averaged as seeds), and settings that differ only in their rule are told apart
+    in the table's and the figures' labels."""
+    full = dict(data_path='FLICKR-25K.mat', query_size=2000, database_size=18015)
+    for seed in (1, 2):
+        write_run(tmp_path / 'a', 'dadh', 16, seed, (0.70 + seed / 100, 0.60), evaluated=full)
+    write_run(tmp_path / 'b', 'dadh', 16, 1, (0.50, 0.40), evaluated={**full, 'query_size': 500})
+    write_run(tmp_path / 'c', 'dadh', 16, 1, (0.65, 0.55), evaluated=full, select_on='last')
+    assert main_py('report', '--checkpoint_dir', tmp_path).returncode == 0
+    rows = [r for r in csv.DictReader((tmp_path / 'report.csv').open())
+            if r['source'] == 'this project' and r['direction'] == 'i2t']
+    by_mean = {r['mean']: r for r in rows}
+    assert set(by_mean) == {'0.715000', '0.500000', '0.650000'} and by_mean['0.715000']['n'] == '2'
+    assert 'FLICKR-25K.mat, 500 queries, 18015 database' in by_mean['0.500000']['setting']
+    assert by_mean['0.650000']['model_chosen_on'] == 'last epoch'
+    figure = json.loads((tmp_path / 'pr_flickr25k_16.json').read_text())
+    names = {line['label'] for panel in figure for line in panel['lines']}
+    assert len({n for n in names if n.startswith('DADH')}) == 3, names
+    assert any('rule last epoch' in n for n in names), names
 
 
 def test_report_names_the_selection_rule(runs):
