@@ -37,17 +37,21 @@ def test_forward_subtracts_the_average_image_only_when_asked(tmp_path):
     assert not torch.allclose(out, without_mean(images))
 
 
-def test_spatial_sizes_follow_cnn_f():
-    # 224 -> conv1 54 -> pad 55 -> pool 28 -> conv2 28 -> pool 13 -> conv3..5 13 -> pool 6 -> fc6 1
-    cnn = CNNF([64, 256, 256, 256, 256, 4096, 4096])
-    sizes = []
-    x = torch.zeros(1, 3, 224, 224)
+def spatial_sizes(cnn):
+    """The width of a 224 x 224 image after each convolution and pooling of `cnn`."""
+    sizes, x = [], torch.zeros(1, 3, 224, 224)
     with torch.no_grad():
         for layer in cnn.features:
             x = layer(x)
             if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
                 sizes.append(x.shape[-1])
-    assert sizes == [54, 28, 28, 13, 13, 13, 13, 6, 1, 1]
+    return sizes
+
+
+def test_spatial_sizes_follow_cnn_f():
+    # 224 -> conv1 54 -> pad 55 -> pool 28 -> conv2 28 -> pool 13 -> conv3..5 13 -> pool 6 -> fc6 1
+    cnn = CNNF([64, 256, 256, 256, 256, 4096, 4096])
+    assert spatial_sizes(cnn) == [54, 28, 28, 13, 13, 13, 13, 6, 1, 1]
     # conv1..conv5, fc6 (4096 x 256 x 6 x 6) and fc7, with biases
     assert sum(p.numel() for p in cnn.parameters()) == (23_296 + 409_856 + 3 * 590_080 + 37_752_832
                                                          + 16_781_312)
@@ -89,14 +93,7 @@ def test_matconvnet_geometry_pools_to_27_and_normalises_over_five_channels():
     27), and y = x (k + alpha sum x^2)^-beta over a centred window of 5 channels, clipped at the
     ends, alpha not divided by the window."""
     cnn = CNNF([64, 256, 256, 256, 256, 4096, 4096], geometry='matconvnet')
-    sizes = []
-    x = torch.zeros(1, 3, 224, 224)
-    with torch.no_grad():
-        for layer in cnn.features:
-            x = layer(x)
-            if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
-                sizes.append(x.shape[-1])
-    assert sizes == [54, 27, 27, 13, 13, 13, 13, 6, 1, 1]
+    assert spatial_sizes(cnn) == [54, 27, 27, 13, 13, 13, 13, 6, 1, 1]
     lrn = cnn.features[2]
     x = torch.rand(2, 7, 3, 3, dtype=torch.float64) * 40
     expected = torch.empty_like(x)

@@ -146,8 +146,9 @@ def table_rows(groups, names):
     datasets = sorted({key[0] for key in groups})
     out = {}
     for dataset in datasets:
+        printed = any(d == dataset for d, _, _ in published)  # a data set with published rows
         bits = sorted({bit for key, by_bit in groups.items() if key[0] == dataset for bit in by_bit}
-                      | set(PUBLISHED_BITS))
+                      | (set(PUBLISHED_BITS) if printed else set()))
         methods = ({name for d, name, _ in published if d == dataset}
                    | {model.upper() for d, model, _ in groups if d == dataset})
         rows = []
