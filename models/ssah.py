@@ -250,7 +250,7 @@ class TF1Adam:
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
-        self.t = torch.zeros(())  # steps taken
+        self.t = torch.zeros((), device=self.params[0].device)  # steps taken, where the kernel reads it
 
     @torch.no_grad()
     def step(self, lr):
