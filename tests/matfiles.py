@@ -51,6 +51,13 @@ def small_dataset(n=300, image_dim=64, text_dim=40, num_label=6, seed=0):
     return images, text.astype(np.uint8), labels
 
 
+def write_mir_file(path, n=300, **widths):
+    """small_dataset(n, **widths) as a MIRFlickr-layout v7 file (images, YAll, LAll) at `path`."""
+    images, text, labels = small_dataset(n, **widths)
+    write_v7(path, {'images': images, 'YAll': text, 'LAll': labels})
+    return path
+
+
 def write_vgg_f(path, widths, seed=0, weights_field='weights', normalization='top', average='image'):
     """A MatConvNet model file with the structure of imagenet-vgg-f.mat (a cell array of layer
     structs, weights as {W, b} with W stored H x W x In x Out, and `normalization.averageImage`),

@@ -10,7 +10,7 @@ from torch import nn
 from datasets.data_handler import RawImages, load_data
 from models.codes import update_code_map, update_feature_map
 from models.losses import agah_loss, critic_loss, plain_triplet_loss
-from tests.matfiles import raw_image_dataset, small_dataset, write_v7, write_v73, write_vgg_f
+from tests.matfiles import raw_image_dataset, small_dataset, write_mir_file, write_v7, write_v73, write_vgg_f
 from tests.test_main import MAP_LINE, run_main
 from utils.errors import UserError
 
@@ -193,8 +193,7 @@ def test_dadh_on_raw_images_uses_cnn_f_with_the_average_image(tmp_path, raw_file
 
 
 def test_agah_on_a_feature_file_with_data_enhance(tmp_path):
-    images, text, labels = small_dataset(n=300)
-    write_v7(tmp_path / 'mir.mat', {'images': images, 'YAll': text, 'LAll': labels})
+    write_mir_file(tmp_path / 'mir.mat')
     options = [*AGAH_TINY, '--data_path', tmp_path / 'mir.mat', '--image_dim', '64',
                '--query_size', 50, '--db_size', 250, '--training_size', 200, '--batch_size', 50]
     train, test = train_and_test(tmp_path, *options, '--data_enhance', 'True')

@@ -15,7 +15,7 @@ from PIL import Image
 
 import config
 import runs
-from tests.matfiles import small_dataset, write_v7
+from tests.matfiles import write_mir_file
 from tests.test_main import REPO, run_main
 
 # Options every method takes on the 300-row file, and each method's own (a sweep gives a method
@@ -29,8 +29,7 @@ OWN = ['--hidden_dim', 64, '--emb_dim', 32]
 @pytest.fixture(scope='module')
 def small(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('compare')
-    images, text, labels = small_dataset(n=300)
-    write_v7(tmp / 'small.mat', {'images': images, 'YAll': text, 'LAll': labels})
+    write_mir_file(tmp / 'small.mat')
     return tmp
 
 

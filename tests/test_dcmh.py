@@ -16,7 +16,7 @@ import config
 import runs
 from models.cnn_f import CNNF
 from models.dcmh import DCMH, batch_gradient, epoch_lr, objective, similarity, update_codes
-from tests.matfiles import raw_image_dataset, small_dataset, write_nus_folder, write_v7, write_v73, write_vgg_f
+from tests.matfiles import raw_image_dataset, small_dataset, write_mir_file, write_nus_folder, write_v73, write_vgg_f
 from tests.test_main import MAP_LINE, REPO, chance_map, run_main
 from utils.distributed import SOLO
 
@@ -135,10 +135,7 @@ def test_learning_rate_is_matlab_logspace():
 
 @pytest.fixture(scope='module')
 def feature_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp('dcmh') / 'mir.mat'
-    images, text, labels = small_dataset(n=60)
-    write_v7(path, {'images': images, 'YAll': text, 'LAll': labels})
-    return path
+    return write_mir_file(tmp_path_factory.mktemp('dcmh') / 'mir.mat', n=60)
 
 
 def tiny_run(path, training_size, batch_size, max_epoch, seed=0):

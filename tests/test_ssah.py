@@ -19,7 +19,7 @@ from models.ssah import (SSAH, TF1Adam, TFLRN, ImgNet, LabNet, TxtNet, adversari
                          discriminator, discriminator_loss, hashing_loss, label_monitor,
                          legacy_bilinear, modality_monitor, multi_scale, nll, pair_loss,
                          similarity, sub_phase)
-from tests.matfiles import raw_image_dataset, small_dataset, write_v7, write_v73, write_vgg_f
+from tests.matfiles import raw_image_dataset, write_mir_file, write_v73, write_vgg_f
 from tests.test_main import MAP_LINE, run_main
 from utils.distributed import SOLO
 from utils.errors import UserError
@@ -345,8 +345,7 @@ def test_the_schedule_step_by_step(tmp_path):
     step's Adam, rate, changed modules, the globals it wrote and the inputs it read; pass counts
     as the monitors dictate (one sub-phase stopping early, others running their maximum); one
     step counter for the three nets."""
-    images, text, labels = small_dataset(n=100, image_dim=32, text_dim=60, num_label=5)
-    write_v7(tmp_path / 'tiny.mat', {'images': images, 'YAll': text, 'LAll': labels})
+    write_mir_file(tmp_path / 'tiny.mat', n=100, image_dim=32, text_dim=60, num_label=5)
     cfg = config.parse({'model': 'ssah', 'data_path': str(tmp_path / 'tiny.mat'), 'device': 'cpu',
                         'image_dim': 32, 'text_dim': 60, 'num_label': 5, 'query_size': 20,
                         'db_size': 80, 'training_size': 64, 'batch_size': 16, 'bit': 8,
